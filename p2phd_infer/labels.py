@@ -1,0 +1,79 @@
+"""Label encoding: class ids + instance ids -> the generator's input channels.
+
+Instance ids stay integer end to end: Cityscapes ids reach 33xxx, which fp16 merges
+(26001..26007 -> 26000) and int16 wraps negative, so edges are computed on int32/int64 ids.
+Everything here is plain torch ops that export to ONNX (one-hot as an equality against a range).
+"""
+from __future__ import annotations
+
+import torch
+
+# Cityscapes label ids, names and colours (the official table of cityscapesscripts' labels.py).
+CITYSCAPES_LABELS: dict[int, tuple[str, tuple[int, int, int]]] = {
+    0: ("unlabeled", (0, 0, 0)), 1: ("ego vehicle", (0, 0, 0)),
+    2: ("rectification border", (0, 0, 0)), 3: ("out of roi", (0, 0, 0)),
+    4: ("static", (0, 0, 0)), 5: ("dynamic", (111, 74, 0)), 6: ("ground", (81, 0, 81)),
+    7: ("road", (128, 64, 128)), 8: ("sidewalk", (244, 35, 232)), 9: ("parking", (250, 170, 160)),
+    10: ("rail track", (230, 150, 140)), 11: ("building", (70, 70, 70)), 12: ("wall", (102, 102, 156)),
+    13: ("fence", (190, 153, 153)), 14: ("guard rail", (180, 165, 180)),
+    15: ("bridge", (150, 100, 100)), 16: ("tunnel", (150, 120, 90)), 17: ("pole", (153, 153, 153)),
+    18: ("polegroup", (153, 153, 153)), 19: ("traffic light", (250, 170, 30)),
+    20: ("traffic sign", (220, 220, 0)), 21: ("vegetation", (107, 142, 35)),
+    22: ("terrain", (152, 251, 152)), 23: ("sky", (70, 130, 180)), 24: ("person", (220, 20, 60)),
+    25: ("rider", (255, 0, 0)), 26: ("car", (0, 0, 142)), 27: ("truck", (0, 0, 70)),
+    28: ("bus", (0, 60, 100)), 29: ("caravan", (0, 0, 90)), 30: ("trailer", (0, 0, 110)),
+    31: ("train", (0, 80, 100)), 32: ("motorcycle", (0, 0, 230)), 33: ("bicycle", (119, 11, 32)),
+}
+CITYSCAPES_NAMES: dict[int, str] = {i: name for i, (name, _) in CITYSCAPES_LABELS.items()}
+
+
+def label_from_instance(inst: torch.Tensor) -> torch.Tensor:
+    """Cityscapes instance ids are class*1000 + k for countable classes, the class id otherwise."""
+    return torch.where(inst < 1000, inst, torch.div(inst, 1000, rounding_mode="floor"))
+
+
+def edge_map(inst: torch.Tensor) -> torch.Tensor:
+    """inst int [B,1,H,W] -> bool [B,1,H,W]: True where a 4-neighbour has another id.
+    Both sides of a boundary are marked; the image border is not."""
+    horiz = inst[..., :, 1:] != inst[..., :, :-1]      # [B,1,H,W-1]
+    vert = inst[..., 1:, :] != inst[..., :-1, :]       # [B,1,H-1,W]
+    zc = torch.zeros_like(horiz[..., :, :1])
+    zr = torch.zeros_like(vert[..., :1, :])
+    left = torch.cat([zc, horiz], dim=-1)              # differs from the left neighbour
+    right = torch.cat([horiz, zc], dim=-1)             # differs from the right neighbour
+    up = torch.cat([zr, vert], dim=-2)
+    down = torch.cat([vert, zr], dim=-2)
+    return left | right | up | down
+
+
+def one_hot(label: torch.Tensor, label_nc: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """label int [B,1,H,W] -> [B,label_nc,H,W]; an equality against a range, which every backend
+    (ONNX, TensorRT) supports, unlike a scatter."""
+    classes = torch.arange(label_nc, device=label.device, dtype=label.dtype).view(1, -1, 1, 1)
+    return (label == classes).to(dtype)
+
+
+def encode_labels(label: torch.Tensor, inst: torch.Tensor | None, label_nc: int,
+                  use_instance: bool, feat: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The generator input: one-hot(label_nc), then the edge map, then features (official order)."""
+    parts = [one_hot(label, label_nc, dtype)]
+    if use_instance:
+        if inst is None:
+            raise ValueError("this model needs an instance map")
+        parts.append(edge_map(inst).to(dtype))
+    if feat is not None:
+        parts.append(feat.to(dtype))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def resolve_label(name_or_id: str, label_names: dict[int, str] | None = None) -> int:
+    """'car' or '26' -> 26, by the model's label names or else the Cityscapes table."""
+    s = name_or_id.strip()
+    if s.lstrip("-").isdigit():
+        return int(s)
+    names = label_names or CITYSCAPES_NAMES
+    for i, n in names.items():
+        if n == s or n.replace(" ", "_") == s:
+            return int(i)
+    raise ValueError(f"unknown label name {s!r}; known: {', '.join(sorted(set(names.values())))}")

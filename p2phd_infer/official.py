@@ -1,0 +1,142 @@
+"""Import NVIDIA's pix2pixHD checkpoints (latest_net_G.pth, latest_net_E.pth,
+features_clustered_010.npy): the architecture is read off the tensor shapes."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, CheckpointError, check_state
+from .config import ModelConfig
+from .labels import CITYSCAPES_NAMES
+from .networks import build_encoder, build_generator
+
+_STALE = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable torch state dict ({e.__class__.__name__})") \
+            from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a plain state dict of tensors")
+    # DataParallel prefixes; norm buffers from old PyTorch carry nothing (InstanceNorm, no stats).
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.endswith(_STALE)}
+
+
+def _indices(state: dict, prefix: str) -> list[int]:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in state if (m := pat.match(k))})
+
+
+def infer_generator_config(state: dict[str, torch.Tensor], label_nc: int, use_instance: bool,
+                           path: str = "generator") -> ModelConfig:
+    if "model.1.weight" not in state or state["model.1.weight"].dim() != 4:
+        raise CheckpointError(f"{path}: no `model.1.weight` conv: not a pix2pixHD generator")
+    enhancers = len({m.group(1) for k in state if (m := re.match(r"model(\d+)_1\.", k))})
+    ngf_global, input_nc = state["model.1.weight"].shape[:2]
+    blocks = {i for i in _indices(state, "model.") if f"model.{i}.conv_block.1.weight" in state}
+    first_block = min(blocks) if blocks else 10**9
+    downs = [i for i in _indices(state, "model.") if i < first_block and i != 1
+             and state.get(f"model.{i}.weight", torch.empty(0)).dim() == 4]
+    n_blocks_local = 0
+    if enhancers:
+        n_blocks_local = len([i for i in _indices(state, f"model{enhancers}_2.")
+                              if f"model{enhancers}_2.{i}.conv_block.1.weight" in state])
+    extra_nc = int(input_nc) - label_nc - int(use_instance)
+    if extra_nc < 0:
+        raise CheckpointError(
+            f"{path}: model.1.weight takes {input_nc} input channels, fewer than label_nc "
+            f"{label_nc} + instance edge {int(use_instance)}; check --label-nc / --no-instance")
+    return ModelConfig(
+        label_nc=label_nc, use_instance=use_instance, feat_num=extra_nc,
+        netG="local" if enhancers else "global", ngf=int(ngf_global) // 2**enhancers,
+        n_downsample_global=len(downs), n_blocks_global=len(blocks),
+        n_local_enhancers=enhancers or 1, n_blocks_local=n_blocks_local or 3)
+
+
+def infer_encoder_shape(state: dict[str, torch.Tensor], path: str = "encoder") -> tuple[int, int, int]:
+    """-> (nef, n_downsample_E, feat_num)."""
+    convs = [i for i in _indices(state, "model.") if state.get(f"model.{i}.weight") is not None
+             and state[f"model.{i}.weight"].dim() == 4]
+    if not convs or state[f"model.{convs[0]}.weight"].shape[1] != 3:
+        raise CheckpointError(f"{path}: not a pix2pixHD encoder (first conv must take 3 channels)")
+    nef = int(state[f"model.{convs[0]}.weight"].shape[0])
+    feat_num = int(state[f"model.{convs[-1]}.weight"].shape[0])
+    return nef, (len(convs) - 2) // 2, feat_num
+
+
+def read_official_features(path: str | Path) -> dict[int, torch.Tensor]:
+    """features_clustered_010.npy: np.save of a pickled {label: float64 [k, feat_num]}."""
+    path = Path(path)
+    try:
+        obj = np.load(path, allow_pickle=True, encoding="latin1")
+        table = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable features file ({e.__class__.__name__})") \
+            from None
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{path}: expected a dict {{label: centres}}, got {type(table).__name__}")
+    out = {}
+    for k, v in table.items():
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.ndim != 2:
+            raise CheckpointError(f"{path}: label {k}: centres of shape {arr.shape}, expected [k, F]")
+        if arr.shape[0] == 0:
+            continue
+        out[int(k)] = torch.from_numpy(arr.astype(np.float32))
+    return out
+
+
+def write_official_features(features: dict[int, torch.Tensor], path: str | Path) -> None:
+    table = {int(k): np.asarray(v, dtype=np.float64) for k, v in features.items()}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, table, allow_pickle=True)
+    tmp.replace(path)
+
+
+def import_official(generator: str | Path, encoder: str | Path | None = None,
+                    features: str | Path | None = None, label_nc: int = 35,
+                    use_instance: bool = True) -> Checkpoint:
+    g_state = read_state_dict(generator)
+    cfg = infer_generator_config(g_state, label_nc, use_instance, str(generator))
+    e_state = None
+    if encoder is not None:
+        e_state = read_state_dict(encoder)
+        nef, n_down_e, feat_num = infer_encoder_shape(e_state, str(encoder))
+        if feat_num != cfg.feat_num:
+            raise CheckpointError(
+                f"{encoder}: the encoder outputs {feat_num} feature channels, the generator takes "
+                f"{cfg.feat_num} (model.1.weight has {cfg.input_nc} inputs = label_nc {label_nc} + "
+                f"edge {int(use_instance)} + features)")
+        cfg = ModelConfig(**{**cfg.to_dict(), "nef": nef, "n_downsample_E": n_down_e})
+    with torch.device("meta"):
+        try:
+            check_state(build_generator(cfg), g_state, "generator")
+        except CheckpointError as e:
+            raise CheckpointError(f"{generator}: {e}") from None
+        if e_state is not None:
+            try:
+                check_state(build_encoder(cfg), e_state, "encoder")
+            except CheckpointError as e:
+                raise CheckpointError(f"{encoder}: {e}") from None
+    feats = None
+    if features is not None:
+        feats = read_official_features(features)
+        for k, v in feats.items():
+            if v.shape[1] != cfg.feat_num:
+                raise CheckpointError(f"{features}: label {k} has {v.shape[1]}-dim centres, the "
+                                      f"model uses {cfg.feat_num} feature channels")
+    names = CITYSCAPES_NAMES if label_nc == 35 else None
+    return Checkpoint(cfg, g_state, e_state, feats, names)
