@@ -1,0 +1,111 @@
+"""One engine interface over every backend, chosen by the file a user passes to `--engine`.
+
+An engine takes device tensors `label` int32 [B,1,H,W], `inst` int32 [B,1,H,W] and, for feature
+models, `feat` float [B,F,H,W]; it returns float [B,3,H,W] in [-1,1] on its device. Each engine
+carries what the runtime needs (architecture, feature dictionary, label names), so a run needs
+nothing but the engine file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import ModelConfig
+from .synthesizer import Synthesizer
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+@dataclass
+class EngineInfo:
+    config: ModelConfig
+    features: dict[int, torch.Tensor] | None = None
+    label_names: dict[int, str] | None = None
+    size: tuple[int, int] | None = None          # fixed (H, W) for engines built for one size
+    max_batch: int | None = None
+    precision: str = "fp32"
+    extra: dict = field(default_factory=dict)
+
+
+class Engine:
+    info: EngineInfo
+    device: torch.device
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.info.config
+
+    def __call__(self, label: torch.Tensor, inst: torch.Tensor,
+                 feat: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_shape(self, label: torch.Tensor) -> None:
+        B, _, H, W = label.shape
+        if self.info.size is not None and (H, W) != tuple(self.info.size):
+            raise EngineError(f"this engine was built for {self.info.size[1]}x{self.info.size[0]}, "
+                              f"the input is {W}x{H}")
+        if self.info.max_batch is not None and B > self.info.max_batch:
+            raise EngineError(f"batch {B} exceeds this engine's max batch {self.info.max_batch}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError("--device cuda asked for, but this PyTorch sees no CUDA device")
+    return device
+
+
+class TorchEngine(Engine):
+    """The PyTorch generator from a model.pt: eager or torch.compile, fp32 or fp16."""
+
+    def __init__(self, ckpt: Checkpoint | str | Path, device: str | torch.device | None = None,
+                 fp16: bool = False, compile: bool = False):
+        if not isinstance(ckpt, Checkpoint):
+            ckpt = load_checkpoint(ckpt)
+        self.checkpoint = ckpt
+        self.device = resolve_device(device)
+        dtype = torch.float16 if fp16 else torch.float32
+        self.info = EngineInfo(ckpt.config, ckpt.features, ckpt.label_names,
+                               precision="fp16" if fp16 else "fp32")
+        self.model = Synthesizer(ckpt.config, ckpt.build_generator()).to(self.device, dtype).eval()
+        self.encoder = ckpt.build_encoder()
+        if self.encoder is not None:
+            self.encoder = self.encoder.to(self.device).eval()
+        self._forward = torch.compile(self.model) if compile else self.model
+
+    @torch.inference_mode()
+    def __call__(self, label, inst, feat=None):
+        return self._forward(label, inst, feat)
+
+
+def default_engine_path() -> Path:
+    """The demo model shipped in the package (trained on synthetic street scenes)."""
+    return Path(str(resources.files("p2phd_infer") / "assets" / "demo" / "model.pt"))
+
+
+def open_engine(path: str | Path | None = None, device: str | torch.device | None = None,
+                fp16: bool = False, compile: bool = False) -> Engine:
+    path = Path(path) if path is not None else default_engine_path()
+    if not path.is_file():
+        raise EngineError(f"{path}: no such engine file")
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        return TorchEngine(path, device, fp16=fp16, compile=compile)
+    if suffix == ".onnx":
+        from .engine_onnx import OnnxEngine
+        return OnnxEngine(path, device)
+    if suffix == ".pt2":
+        from .engine_aoti import AotiEngine
+        return AotiEngine(path, device)
+    if suffix in (".plan", ".engine"):
+        from .engine_tensorrt import TensorRTEngine
+        return TensorRTEngine(path, device)
+    raise EngineError(f"{path}: unknown engine type {suffix!r} (.pt, .pt2, .onnx, .plan, .engine)")
