@@ -1,0 +1,107 @@
+"""`p2phd-infer train` and `p2phd-infer make-scenes` (also `python -m p2phd_infer.train`)."""
+from __future__ import annotations
+
+import click
+
+from p2phd_infer.checkpoint import CheckpointError
+
+
+def _fail(message: str) -> click.exceptions.Exit:
+    click.echo(f"error: {message}", err=True)
+    return click.exceptions.Exit(2)
+
+
+@click.command("make-scenes")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--count", default=100, show_default=True, type=click.IntRange(1), help="Number of scenes.")
+@click.option("--size", default="512x256", show_default=True, help="WxH of every scene.")
+@click.option("--seed", default=0, show_default=True, help="Scene i depends only on (seed, i).")
+@click.option("--phase", default="train", show_default=True,
+              help="Folder prefix: <phase>_label, <phase>_inst, <phase>_img.")
+def make_scenes_cmd(out, count, size, seed, phase):
+    """Write synthetic street scenes in the pix2pixHD layout.
+
+    Cityscapes label ids (road, sidewalk, building, vegetation, sky, car, person), 16-bit instance
+    maps (class*1000+k for cars and persons) and photos rendered from them with per-class texture
+    and shading and a colour per car and person.
+    """
+    from .scenes import make_scenes, parse_size
+    try:
+        w, h = parse_size(size)
+    except ValueError as e:
+        raise _fail(f"--size: {e}")
+    make_scenes(out, count, w, h, seed, phase, progress=True)
+    click.echo(f"{out}: {count} scenes at {w}x{h} (seed {seed})")
+
+
+@click.command("train")
+@click.option("--dataroot", required=True, type=click.Path(), help="Dataset folder.")
+@click.option("--dataset-mode", type=click.Choice(["pix2pixhd", "cityscapes"]), default="pix2pixhd",
+              show_default=True, help="Folder layout of --dataroot.")
+@click.option("--phase", default="train", show_default=True,
+              help="pix2pixhd: folder prefix (train_label...); cityscapes: split.")
+@click.option("--name", default="p2phd", show_default=True, help="Run name (folder under --checkpoints-dir).")
+@click.option("--checkpoints-dir", default="checkpoints", show_default=True, type=click.Path())
+@click.option("--stage", type=click.Choice(["global", "local"]), default="global", show_default=True,
+              help="global: G1 at low resolution; local: the local enhancer on a loaded G1.")
+@click.option("--load-global", type=click.Path(dir_okay=False),
+              help="Stage local: the global stage's model.pt.")
+@click.option("--label-nc", type=int, help="Label classes [35; local: from the loaded G1].")
+@click.option("--no-instance", is_flag=True, help="No instance edge map input.")
+@click.option("--instance-feat", is_flag=True, help="Train the encoder E for per-instance features.")
+@click.option("--feat-num", type=int, help="Encoder feature channels [3].")
+@click.option("--ngf", type=int, help="Generator filters: G1's (global) [64], the enhancer's (local) "
+              "[G1's / 2**n_local_enhancers].")
+@click.option("--n-downsample-global", type=int, help="G1 downsamplings [4].")
+@click.option("--n-blocks-global", type=int, help="G1 residual blocks [9].")
+@click.option("--n-local-enhancers", default=1, show_default=True)
+@click.option("--n-blocks-local", default=3, show_default=True)
+@click.option("--nef", type=int, help="Encoder filters [16].")
+@click.option("--n-downsample-e", "n_downsample_E", type=int, help="Encoder downsamplings [4].")
+@click.option("--ndf", default=64, show_default=True, help="Discriminator filters.")
+@click.option("--n-layers-d", default=3, show_default=True, help="Discriminator layers.")
+@click.option("--num-d", default=2, show_default=True, help="Discriminator scales.")
+@click.option("--niter", default=100, show_default=True, help="Epochs at the initial learning rate.")
+@click.option("--niter-decay", default=100, show_default=True, help="Epochs of linear decay to 0.")
+@click.option("--niter-fix-global", default=0, show_default=True,
+              help="Stage local: epochs training the enhancer alone with G1 frozen.")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--batch-size", default=1, show_default=True, help="Per process.")
+@click.option("--resize-or-crop", type=click.Choice(["none", "scale_width"]), default="scale_width",
+              show_default=True)
+@click.option("--load-size", default=1024, show_default=True, help="Width for scale_width.")
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--num-workers", default=2, show_default=True, help="DataLoader workers.")
+@click.option("--lambda-feat", default=10.0, show_default=True,
+              help="Weight of feature matching and VGG losses.")
+@click.option("--no-vgg", is_flag=True, help="Train without the VGG19 perceptual loss.")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False),
+              help="torchvision vgg19-dcbb9e9d.pth [torch hub cache]; never downloaded.")
+@click.option("--vgg-random-init", is_flag=True, hidden=True)
+@click.option("--max-steps", type=int, help="Stop after this many steps (the schedule is unchanged).")
+@click.option("--save-every", default=1000, show_default=True, help="Checkpoint every N steps.")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoints-dir/--name exactly.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 autocast on CUDA, fp32 on the CPU.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train_cmd(no_progress, **kw):
+    """Train one pix2pixHD stage (multi-GPU: launch with torchrun).
+
+    \b
+    p2phd-infer train --dataroot DATA --name city_g --stage global --load-size 1024
+    p2phd-infer train --dataroot DATA --name city_l --stage local \\
+        --load-global checkpoints/city_g/model.pt --niter-fix-global 10 --load-size 2048
+
+    Writes model.pt, trainer_state.pt, loss_log.csv and samples/ into CHECKPOINTS_DIR/NAME.
+    """
+    from .datasets import DatasetError
+    from .trainer import TrainOptions, train
+    try:
+        path = train(TrainOptions(progress=not no_progress, **kw))
+    except DatasetError as e:
+        raise _fail(str(e))
+    except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
+        raise _fail(str(e).splitlines()[0] if not isinstance(e, ValueError) else str(e))
+    click.echo(f"wrote {path}")

@@ -1,0 +1,100 @@
+"""pix2pixHD objective (Eq. 4): least-squares GAN + discriminator feature matching + VGG19
+perceptual loss, with the reference's weights."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"      # torchvision's ImageNet VGG19 weights file name
+# relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 as slices of torchvision's vgg19().features.
+VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
+VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
+
+
+def gan_loss(preds: list[list[torch.Tensor]], target_is_real: bool) -> torch.Tensor:
+    """LSGAN: mean squared distance of each scale's last output to 1 (real) or 0 (fake), summed
+    over scales."""
+    loss = 0.0
+    for scale in preds:
+        p = scale[-1].float()
+        loss = loss + F.mse_loss(p, torch.full_like(p, 1.0 if target_is_real else 0.0))
+    return loss
+
+
+def feature_matching_loss(fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]],
+                          n_layers: int, lambda_feat: float) -> torch.Tensor:
+    """L1 between D's intermediate outputs (all but the last) on fake and (detached) real,
+    weighted (1/num_D) * (4/(n_layers+1)) * lambda_feat."""
+    w = (1.0 / len(fake)) * (4.0 / (n_layers + 1)) * lambda_feat
+    loss = 0.0
+    for f_scale, r_scale in zip(fake, real):
+        for f, r in zip(f_scale[:-1], r_scale[:-1]):
+            loss = loss + w * F.l1_loss(f.float(), r.detach().float())
+    return loss
+
+
+def default_vgg_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+
+
+def find_vgg_weights(path: str | os.PathLike | None) -> Path:
+    """The VGG19 weights file: --vgg-weights, else torch's hub cache. Never downloads."""
+    p = Path(path) if path else default_vgg_path()
+    if not p.is_file():
+        where = f"{p}" if path else f"the torch hub cache ({p})"
+        raise FileNotFoundError(
+            f"VGG19 weights not found in {where}: pass --vgg-weights PATH to torchvision's "
+            f"{VGG19_FILE}, or train without the perceptual loss with --no-vgg")
+    return p
+
+
+class VGG19Features(nn.Module):
+    """Frozen VGG19 cut into the five slices the perceptual loss compares."""
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, random_init: bool = False):
+        super().__init__()
+        from torchvision.models import vgg19
+        features = vgg19(weights=None).features[:30]
+        if not random_init:
+            path = find_vgg_weights(weights_path)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k.removeprefix("features."): v for k, v in state.items()
+                     if k.startswith("features.") and int(k.split(".")[1]) < 30}
+            try:
+                features.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(f"{path}: not torchvision VGG19 weights ({str(e).splitlines()[0]})") \
+                    from None
+        self.slices = nn.ModuleList(features[a:b] for a, b in VGG_SLICES)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)       # always frozen, always eval
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for s in self.slices:
+            x = s(x)
+            outs.append(x)
+        return outs
+
+
+class VGGLoss(nn.Module):
+    """sum_i w_i * L1(VGG_i(fake), VGG_i(real)) * lambda; images fed in [-1,1] as the reference."""
+
+    def __init__(self, vgg: VGG19Features, lambda_feat: float = 10.0):
+        super().__init__()
+        self.vgg, self.lambda_feat = vgg, lambda_feat
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        both = self.vgg(torch.cat([fake, real], 0))
+        n = fake.shape[0]
+        loss = 0.0
+        for w, f in zip(VGG_WEIGHTS, both):
+            loss = loss + w * F.l1_loss(f[:n].float(), f[n:].detach().float())
+        return loss * self.lambda_feat

@@ -1,0 +1,500 @@
+"""The pix2pixHD trainer, both stages, in one file read top to bottom.
+
+Stage global: G1 (and the encoder E with instance features) at low resolution.
+Stage local:  G1 loaded from a global model.pt; the local enhancer trains alone (G1 and E frozen)
+              for niter_fix_global epochs, then G1 + enhancer + E train together under a NEW Adam
+              over all their parameters. (NVIDIA's public script keeps stepping the optimizer built
+              for the frozen phase: G1 is never unfrozen and G's learning rate never decays. Here
+              the optimizer is rebuilt at the switch and the schedule is applied to whichever
+              optimizer is live.)
+
+Per step, the reference's numerics: LSGAN + feature matching + VGG for G, 0.5*(fake+real) LSGAN
+for D, both computed with the same D (before its update), then G and D step. Adam(lr, 0.5, 0.999),
+lr constant for niter epochs then linear to 0 over niter_decay (per step, not per epoch).
+
+Outputs in <checkpoints_dir>/<name>/: model.pt (the project checkpoint, loadable by
+p2phd_infer.checkpoint.load_checkpoint), trainer_state.pt (everything --resume needs), loss_log.csv,
+samples/step_NNNNNNN.png (label | generated | real). Multi-GPU: launch with torchrun; rank 0 writes.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from p2phd_infer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from p2phd_infer.config import ModelConfig
+from p2phd_infer.image_io import write_image
+from p2phd_infer.kernels.instance_mean import instance_mean
+from p2phd_infer.labels import CITYSCAPES_NAMES, encode_labels
+from p2phd_infer.networks import build_encoder, build_generator, downsample_2x
+
+from .datasets import PairedDataset
+from .discriminator import MultiscaleDiscriminator
+from .losses import VGG19Features, VGGLoss, feature_matching_loss, gan_loss
+from .visual import sample_grid
+
+STATE_FILE = "trainer_state.pt"
+LOSS_NAMES = ("G_GAN", "G_GAN_Feat", "G_VGG", "D_real", "D_fake")
+# Options a resumed run may change; everything else comes from the saved run.
+RUNTIME_OPTIONS = ("max_steps", "save_every", "device", "num_workers", "dataroot", "progress")
+
+
+@dataclass
+class TrainOptions:
+    dataroot: str
+    name: str = "p2phd"
+    checkpoints_dir: str = "checkpoints"
+    dataset_mode: str = "pix2pixhd"        # pix2pixhd | cityscapes
+    phase: str = "train"                   # folder prefix (pix2pixhd) or split (cityscapes)
+    stage: str = "global"                  # global | local
+    load_global: str | None = None         # stage local: the global stage's model.pt
+    # Architecture. None: the official default (stage global) or the loaded G1's value (local).
+    label_nc: int | None = None
+    no_instance: bool = False
+    instance_feat: bool = False
+    feat_num: int | None = None
+    ngf: int | None = None                 # G1's filters (global); the enhancer's (local)
+    n_downsample_global: int | None = None
+    n_blocks_global: int | None = None
+    n_local_enhancers: int = 1
+    n_blocks_local: int = 3
+    nef: int | None = None
+    n_downsample_E: int | None = None
+    ndf: int = 64
+    n_layers_d: int = 3
+    num_d: int = 2
+    # Schedule (epochs).
+    niter: int = 100
+    niter_decay: int = 100
+    niter_fix_global: int = 0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    batch_size: int = 1
+    # Data.
+    resize_or_crop: str = "scale_width"    # none | scale_width
+    load_size: int = 1024
+    no_flip: bool = False
+    num_workers: int = 2
+    # Losses.
+    lambda_feat: float = 10.0
+    no_vgg: bool = False
+    vgg_weights: str | None = None
+    vgg_random_init: bool = False          # tests only: a randomly initialised VGG19
+    # Run.
+    max_steps: int | None = None
+    save_every: int = 1000
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+def resolve_config(opts: TrainOptions) -> tuple[ModelConfig, Checkpoint | None]:
+    """The architecture of this stage; for stage local also the loaded global checkpoint."""
+    if opts.stage == "global":
+        feat_num = (3 if opts.feat_num is None else opts.feat_num) if opts.instance_feat else 0
+        cfg = ModelConfig(
+            label_nc=35 if opts.label_nc is None else opts.label_nc,
+            use_instance=not opts.no_instance, feat_num=feat_num, netG="global",
+            ngf=64 if opts.ngf is None else opts.ngf,
+            n_downsample_global=4 if opts.n_downsample_global is None else opts.n_downsample_global,
+            n_blocks_global=9 if opts.n_blocks_global is None else opts.n_blocks_global,
+            n_local_enhancers=0, n_blocks_local=0,
+            nef=16 if opts.nef is None else opts.nef,
+            n_downsample_E=4 if opts.n_downsample_E is None else opts.n_downsample_E)
+        return cfg, None
+    if opts.stage != "local":
+        raise ValueError(f"--stage must be global or local, not {opts.stage!r}")
+    if not opts.load_global:
+        raise ValueError("--stage local needs --load-global PATH (the global stage's model.pt)")
+    g = load_checkpoint(opts.load_global)
+    gc = g.config
+    if gc.netG != "global":
+        raise CheckpointError(f"{opts.load_global}: holds a {gc.netG} generator; --load-global "
+                              "needs the global stage's model.pt")
+    scale = 2 ** opts.n_local_enhancers
+    if gc.ngf % scale:
+        raise CheckpointError(f"{opts.load_global}: G1 has ngf {gc.ngf}, not divisible by "
+                              f"2**n_local_enhancers = {scale}")
+    conflicts = []
+    for flag, mine, theirs in (("--label-nc", opts.label_nc, gc.label_nc),
+                               ("--ngf", opts.ngf, gc.ngf // scale),
+                               ("--n-downsample-global", opts.n_downsample_global,
+                                gc.n_downsample_global),
+                               ("--n-blocks-global", opts.n_blocks_global, gc.n_blocks_global),
+                               ("--nef", opts.nef if opts.instance_feat else None, gc.nef),
+                               ("--feat-num", opts.feat_num if opts.instance_feat else None,
+                                gc.feat_num)):
+        if mine is not None and mine != theirs:
+            conflicts.append(f"{flag} {mine} but the loaded G1 implies {theirs}")
+    if opts.instance_feat and (gc.feat_num == 0 or g.encoder is None):
+        conflicts.append("--instance-feat but the checkpoint has no encoder")
+    if opts.no_instance and gc.use_instance:
+        conflicts.append("--no-instance but G1 was trained with instance edges")
+    if conflicts:
+        raise CheckpointError(f"{opts.load_global}: " + "; ".join(conflicts))
+    cfg = dataclasses.replace(gc, netG="local", ngf=gc.ngf // scale,
+                              n_local_enhancers=opts.n_local_enhancers,
+                              n_blocks_local=opts.n_blocks_local)
+    return cfg, g
+
+
+def load_g1(G: nn.Module, g1_state: dict[str, torch.Tensor], path: str) -> None:
+    """Copy a global generator's weights into the local model's G1 (`model.*`); G1's output layers
+    (pad, conv7, tanh) do not exist in the local model and are left out."""
+    own = {k: v for k, v in G.state_dict().items() if k.startswith("model.")}
+    missing = [k for k in own if k not in g1_state]
+    bad = [k for k in own if k in g1_state and g1_state[k].shape != own[k].shape]
+    if missing or bad:
+        raise CheckpointError(f"{path}: G1 does not fit the local model (missing {missing[:3]}, "
+                              f"shape mismatch {bad[:3]})")
+    G.load_state_dict({k: g1_state[k] for k in own}, strict=False)
+
+
+def lr_at(opts: TrainOptions, step: int, steps_per_epoch: int) -> float:
+    """Constant for niter epochs, then linear to 0 over niter_decay epochs (per step)."""
+    epoch = step / steps_per_epoch
+    if epoch < opts.niter or opts.niter_decay <= 0:
+        return opts.lr
+    return opts.lr * max(0.0, 1.0 - (epoch - opts.niter) / opts.niter_decay)
+
+
+def enhancer_parameters(G: nn.Module) -> list[nn.Parameter]:
+    """The local enhancers' parameters (model{n}_1, model{n}_2), not G1's (`model.`)."""
+    return [p for k, p in G.named_parameters() if not k.startswith("model.")]
+
+
+def encode_features(E: nn.Module, image: torch.Tensor, inst: torch.Tensor, enhancers: int
+                    ) -> torch.Tensor:
+    """E's per-instance features at the generator's full resolution. With local enhancers, E runs
+    at G1's resolution (the image pooled 2**enhancers times, instance ids subsampled), as it was
+    trained in the global stage; its output is upsampled nearest and averaged per full-resolution
+    instance again, so every instance carries one constant vector, as at inference."""
+    if enhancers == 0:
+        return E(image, inst)
+    small, small_inst = image, inst
+    for _ in range(enhancers):
+        small, small_inst = downsample_2x(small), small_inst[..., ::2, ::2]
+    feat = E(small, small_inst)
+    feat = F.interpolate(feat, size=image.shape[-2:], mode="nearest")
+    return instance_mean(feat, inst)
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, not {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs CUDA (use fp32 or bf16 on the CPU)")
+    return name
+
+
+def save_torch_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(opts: TrainOptions) -> Path:
+    """Run (or resume) one stage. Returns the path of the written model.pt."""
+    run_dir = Path(opts.checkpoints_dir) / opts.name
+    state = None
+    if opts.resume:
+        state_path = run_dir / STATE_FILE
+        if not state_path.is_file():
+            raise FileNotFoundError(f"{state_path}: no trainer state to resume from")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = dict(state["options"])
+        for k in RUNTIME_OPTIONS:
+            saved[k] = getattr(opts, k)
+        opts = TrainOptions(**{**saved, "resume": True})
+
+    # Distributed: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(opts.device, local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    precision = pick_precision(opts.precision, device)
+    main_process = rank == 0
+
+    cfg, g1_ckpt = resolve_config(opts)
+    enhancers = cfg.enhancers
+
+    # Networks. Same seed on every rank, and DDP broadcasts rank 0's weights anyway.
+    torch.manual_seed(opts.seed)
+    G = build_generator(cfg).to(device)
+    E = build_encoder(cfg).to(device) if cfg.feat_num > 0 else None
+    d_input_nc = cfg.label_nc + int(cfg.use_instance) + cfg.output_nc   # no features into D
+    D = MultiscaleDiscriminator(d_input_nc, opts.ndf, opts.n_layers_d, opts.num_d).to(device)
+    if g1_ckpt is not None and state is None:
+        load_g1(G, g1_ckpt.generator, opts.load_global)
+        if E is not None:
+            E.load_state_dict(g1_ckpt.encoder)
+    vgg_loss = None
+    if not opts.no_vgg:
+        vgg_loss = VGGLoss(VGG19Features(opts.vgg_weights, random_init=opts.vgg_random_init),
+                           opts.lambda_feat).to(device)
+
+    # Data. H and W must divide G's stride, and E's stride at E's resolution.
+    multiple = max(cfg.stride, 2 ** cfg.n_downsample_E * 2 ** enhancers if E is not None else 1)
+    dataset = PairedDataset(opts.dataroot, opts.dataset_mode, opts.phase, cfg.needs_instance_map,
+                            opts.resize_or_crop, opts.load_size, multiple, not opts.no_flip,
+                            opts.seed, cfg.label_nc)
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                  shuffle=True, seed=opts.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // opts.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{opts.dataroot}: {len(dataset)} samples, fewer than batch size "
+                         f"{opts.batch_size} x {world} processes")
+    total_steps = (opts.niter + opts.niter_decay) * steps_per_epoch
+    end_step = min(total_steps, opts.max_steps) if opts.max_steps else total_steps
+    fix_steps = opts.niter_fix_global * steps_per_epoch if opts.stage == "local" else 0
+
+    # Optimizers. D's lives for the whole run; G's is rebuilt when the frozen phase ends.
+    betas = (opts.beta1, 0.999)
+    opt_D = torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas)
+
+    def phase_at(step: int) -> str:
+        return "fix" if step < fix_steps else "all"
+
+    def make_opt_G(phase: str) -> torch.optim.Optimizer:
+        frozen = phase == "fix"
+        G.requires_grad_(True)
+        if frozen:
+            G.model.requires_grad_(False)
+        if E is not None:
+            E.requires_grad_(not frozen)
+        params = enhancer_parameters(G) if frozen else \
+            list(G.parameters()) + (list(E.parameters()) if E is not None else [])
+        return torch.optim.Adam(params, lr=opts.lr, betas=betas)
+
+    def wrap(module: nn.Module | None) -> nn.Module | None:
+        """DDP over the parameters that train now (re-wrapped when the phase changes)."""
+        if module is None or world == 1 or not any(p.requires_grad for p in module.parameters()):
+            return module
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    amp = precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    step, train_seconds = 0, 0.0
+    phase = phase_at(0)
+    opt_G = make_opt_G(phase)
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        if E is not None:
+            E.load_state_dict(state["E"])
+        step, train_seconds, phase = state["step"], state["train_seconds"], state["phase"]
+        opt_G = make_opt_G(phase)
+        opt_G.load_state_dict(state["opt_G"])
+        opt_D.load_state_dict(state["opt_D"])
+        scaler_G.load_state_dict(state["scaler_G"])
+        scaler_D.load_state_dict(state["scaler_D"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+    G_run, E_run, D_run = wrap(G), wrap(E), wrap(D)
+
+    # Outputs (rank 0 only).
+    log_path = run_dir / "loss_log.csv"
+    if main_process:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        _trim_log(log_path, step)
+        n_g = sum(p.numel() for p in G.parameters())
+        n_e = sum(p.numel() for p in E.parameters()) if E is not None else 0
+        H, W = dataset[0]["label"].shape[-2:]
+        print(f"stage {opts.stage}: {cfg.netG} G {n_g:,} params"
+              + (f", E {n_e:,}" if E is not None else "")
+              + f", D {sum(p.numel() for p in D.parameters()):,}; {len(dataset)} samples at "
+              f"{W}x{H}, {steps_per_epoch} steps/epoch, steps {step}->{end_step} of "
+              f"{total_steps}; {device} {precision}, {world} process(es)", flush=True)
+
+    def save(last_batch) -> Path:
+        model_path = run_dir / "model.pt"
+        info = {"stage": opts.stage, "step": step, "epoch": step / steps_per_epoch,
+                "train_seconds": round(train_seconds, 1)}
+        save_checkpoint(Checkpoint(
+            cfg, G.state_dict(), E.state_dict() if E is not None else None, None,
+            CITYSCAPES_NAMES if cfg.label_nc == 35 else None, {"train_info": info}), model_path)
+        save_torch_atomic({
+            "options": dataclasses.asdict(opts), "config": cfg.to_dict(), "step": step,
+            "phase": phase, "train_seconds": train_seconds,
+            "G": G.state_dict(), "D": D.state_dict(), "E": E.state_dict() if E is not None else None,
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }, run_dir / STATE_FILE)
+        if last_batch is not None:
+            label, fake, real = last_batch
+            write_image(run_dir / "samples" / f"step_{step:07d}.png", sample_grid(label, fake, real))
+        return model_path
+
+    def train_step(label, inst, real) -> tuple[dict[str, float], torch.Tensor]:
+        B = label.shape[0]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            x = encode_labels(label, inst, cfg.label_nc, cfg.use_instance)
+            g_in = x
+            if E is not None:
+                with torch.set_grad_enabled(phase == "all"):
+                    feat = encode_features(E_run, real, inst, enhancers)
+                g_in = torch.cat([x, feat.to(x.dtype)], 1)
+            fake = G_run(g_in)
+            # D on fake and real in one batch (InstanceNorm is per sample, so batching them
+            # changes nothing); its gradients are applied after G has used the same D.
+            preds = D_run(torch.cat([torch.cat([x, fake.detach().to(x.dtype)], 1),
+                                     torch.cat([x, real], 1)], 0))
+            loss_D_fake = gan_loss([[t[:B] for t in s] for s in preds], False)
+            loss_D_real = gan_loss([[t[B:] for t in s] for s in preds], True)
+            pred_real = [[t[B:].detach() for t in s] for s in preds]     # feature-matching targets
+            loss_D = 0.5 * (loss_D_fake + loss_D_real)
+        opt_D.zero_grad(set_to_none=True)
+        scaler_D.scale(loss_D).backward()
+
+        D.requires_grad_(False)          # G's pass must not touch D's gradients
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            pred_fake = D(torch.cat([x, fake.to(x.dtype)], 1))
+            loss_G_GAN = gan_loss(pred_fake, True)
+            loss_G_FM = feature_matching_loss(pred_fake, pred_real, opts.n_layers_d, opts.lambda_feat)
+            loss_G_VGG = vgg_loss(fake, real) if vgg_loss is not None else torch.zeros((), device=device)
+            loss_G = loss_G_GAN + loss_G_FM + loss_G_VGG
+        opt_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        D.requires_grad_(True)
+        scaler_G.step(opt_G)
+        scaler_G.update()
+        scaler_D.step(opt_D)
+        scaler_D.update()
+        losses = torch.stack([loss_G_GAN.detach().float(), loss_G_FM.detach().float(),
+                              loss_G_VGG.detach().float(), loss_D_real.detach().float(),
+                              loss_D_fake.detach().float()])
+        if world > 1:
+            torch.distributed.all_reduce(losses)
+            losses /= world
+        vals = dict(zip(LOSS_NAMES, losses.tolist()))
+        for k, v in vals.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"step {step}: loss {k} is {v}")
+        return vals, fake.detach()
+
+    bar = None
+    if main_process and opts.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=end_step, initial=step, desc=f"{opts.name} {opts.stage}", unit="step",
+                   dynamic_ncols=True)
+    model_path = run_dir / "model.pt"
+    last_batch = None
+    while step < end_step:
+        epoch, skip = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        # The epoch's order is a pure function of (seed, epoch): a resumed run skips what it did.
+        order = list(sampler)[skip * opts.batch_size:]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=opts.batch_size, sampler=order, drop_last=True,
+            num_workers=opts.num_workers, pin_memory=device.type == "cuda",
+            persistent_workers=False)
+        for batch in loader:
+            if phase_at(step) != phase:
+                phase = phase_at(step)
+                opt_G = make_opt_G(phase)
+                G_run, E_run = wrap(G), wrap(E)
+                if main_process:
+                    print(f"\nstep {step}: G1 unfrozen; new Adam over all G"
+                          + (" and E" if E is not None else "") + " parameters", flush=True)
+            lr = lr_at(opts, step, steps_per_epoch)
+            for opt in (opt_G, opt_D):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            t0 = time.perf_counter()
+            label = batch["label"].to(device, non_blocking=True)
+            inst = batch["inst"].to(device, non_blocking=True)
+            real = batch["image"].to(device, non_blocking=True)
+            losses, fake = train_step(label, inst, real)
+            step += 1
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            if main_process:
+                _append_log(log_path, {"step": step, "epoch": f"{step / steps_per_epoch:.4f}",
+                                       "phase": phase, "lr": f"{lr:.6g}",
+                                       **{k: f"{v:.5f}" for k, v in losses.items()},
+                                       "sec": f"{dt:.3f}"})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(G=f"{losses['G_GAN']:.3f}", FM=f"{losses['G_GAN_Feat']:.3f}",
+                                    VGG=f"{losses['G_VGG']:.3f}", Dr=f"{losses['D_real']:.3f}",
+                                    Df=f"{losses['D_fake']:.3f}", lr=f"{lr:.2e}")
+                last_batch = (label.cpu(), fake.float().cpu(), real.cpu())
+                if step % opts.save_every == 0 or step == end_step:
+                    model_path = save(last_batch)
+            if step >= end_step:
+                break
+    if bar is not None:
+        bar.close()
+    if main_process and not (run_dir / "model.pt").is_file():
+        model_path = save(last_batch)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return model_path
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """A resumed run continues from its last save: drop log rows written after it."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or all(int(r["step"]) <= step for r in rows):
+        return
+    keep = [r for r in rows if int(r["step"]) <= step]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    os.replace(tmp, path)

@@ -1,0 +1,43 @@
+"""Pictures for people: colourised label maps and label | generated | real grids."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from p2phd_infer.labels import CITYSCAPES_LABELS
+
+
+def palette(n: int = 256) -> np.ndarray:
+    """uint8 [n,3]: the Cityscapes colours for ids 0-33, a fixed spread of colours beyond."""
+    rng = np.random.default_rng(12345)
+    pal = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
+    for i, (_, rgb) in CITYSCAPES_LABELS.items():
+        if i < n:
+            pal[i] = rgb
+    return pal
+
+
+_PALETTE = palette()
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """int [H,W] label ids -> uint8 [H,W,3]."""
+    return _PALETTE[np.asarray(label) % len(_PALETTE)]
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """float [3,H,W] in [-1,1] -> uint8 [H,W,3], rounded as the inference path does."""
+    x = torch.round((image.detach().float().cpu() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+def sample_grid(label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, rows: int = 4
+                ) -> np.ndarray:
+    """One row per sample: label colourised | generated | real, with a 2 px white gutter."""
+    out = []
+    for i in range(min(rows, label.shape[0])):
+        parts = [colorize(label[i, 0].cpu().numpy()), to_rgb(fake[i]), to_rgb(real[i])]
+        gutter = np.full((parts[0].shape[0], 2, 3), 255, np.uint8)
+        out.append(np.concatenate([parts[0], gutter, parts[1], gutter, parts[2]], axis=1))
+        out.append(np.full((2, out[-1].shape[1], 3), 255, np.uint8))
+    return np.concatenate(out[:-1], axis=0)
