@@ -33,16 +33,12 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
 
     def build_generator(self) -> nn.Module:
-        net = build_generator(self.config)
-        load_state_checked(net, self.generator, "generator")
-        return net
+        return _build_loaded(build_generator, self.config, self.generator, "generator")
 
     def build_encoder(self) -> nn.Module | None:
         if self.encoder is None:
             return None
-        net = build_encoder(self.config)
-        load_state_checked(net, self.encoder, "encoder")
-        return net
+        return _build_loaded(build_encoder, self.config, self.encoder, "encoder")
 
 
 def check_state(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -59,9 +55,14 @@ def check_state(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> No
                                   f"needs {tuple(v.shape)}")
 
 
-def load_state_checked(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def _build_loaded(build, cfg: ModelConfig, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    # Built on the meta device and given the loaded tensors: no random init of 183 M parameters
+    # only to overwrite them.
+    with torch.device("meta"):
+        net = build(cfg)
     check_state(net, state, what)
-    net.load_state_dict(state)
+    net.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+    return net
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> None:

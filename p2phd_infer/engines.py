@@ -83,6 +83,13 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def __call__(self, label, inst, feat=None):
+        if self.device.type == "cpu" and label.shape[0] > 1:
+            # Batch-invariant on the CPU: oneDNN picks conv kernels by batch size, so a whole-batch
+            # conv can change a frame's last bits (and a pixel by one level). One frame at a time
+            # keeps every image independent of its batch-mates.
+            return torch.cat([self._forward(label[i:i + 1], inst[i:i + 1],
+                                            None if feat is None else feat[i:i + 1])
+                              for i in range(label.shape[0])])
         return self._forward(label, inst, feat)
 
 
