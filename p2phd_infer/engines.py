@@ -115,4 +115,6 @@ def open_engine(path: str | Path | None = None, device: str | torch.device | Non
     if suffix in (".plan", ".engine"):
         from .engine_tensorrt import TensorRTEngine
         return TensorRTEngine(path, device)
-    raise EngineError(f"{path}: unknown engine type {suffix!r} (.pt, .pt2, .onnx, .plan, .engine)")
+    hint = (": an official pix2pixHD state dict? convert it with `p2phd-infer import-official`"
+            if suffix == ".pth" else " (.pt, .pt2, .onnx, .plan, .engine)")
+    raise EngineError(f"{path}: unknown engine type {suffix!r}{hint}")
