@@ -56,6 +56,8 @@ def import_official_cmd(generator, encoder, features, label_nc, no_instance, out
 def _register():
     from .run_command import run_cmd
     main.add_command(run_cmd)
+    from .train.features import features_cmd
+    main.add_command(features_cmd)
 
 
 _register()

@@ -12,8 +12,9 @@ Choices, against the official code:
     as the official code does; instances of every label are kept (the official code breaks on a
     label >= label_nc).
   - resolution: photos are loaded as the trainer loads them (same resize mode and load size), and
-    E runs as in training: at G1's resolution for a local model, its output upsampled nearest,
-    then the instance mean over the full-resolution instance map (p2phd_infer.instance_features).
+    E runs exactly as the trainer runs it for G: at G1's resolution for a local model, its output
+    upsampled nearest and averaged again per full-resolution instance
+    (p2phd_infer.instance_features.encode_photo; the official code has no local-stage rule).
     The area ratio is taken at the loaded (full) resolution, as the official code takes it on the
     instance map it feeds E's output with.
   - the official code reads each instance's feature at one of its pixels of the instance-mean map;
