@@ -127,9 +127,10 @@ def test_area_rule_keeps_exactly_the_reference_instances(tmp_path):
     assert sorted(got) == [7, 26, 33]                # person (24): every instance <= 0.5, absent
     for label, feats in want.items():
         assert got[label].dtype == torch.float32
-        # fp32 E output against a float64 masked mean of the same output.
+        # fp32 sums over up to ~2000 pixels against a float64 masked mean of the same output:
+        # N*eps ~ 1e-4 relative bound.
         np.testing.assert_allclose(sorted_rows(got[label].numpy()), sorted_rows(feats),
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_kmeans_per_label_capped_at_clusters(tmp_path):
@@ -169,7 +170,7 @@ def test_local_model_encodes_at_g1_resolution():
     for (label, feat, _), i in zip(loop_instance_features(enc, LOCAL, inst, photo), np.unique(inst)):
         px = fmap[0][:, torch.from_numpy(inst == i)]
         np.testing.assert_allclose(px.numpy(), np.broadcast_to(feat[:, None], px.shape),
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=1e-4, atol=1e-5)       # fp32 sums, as above
 
 
 def test_official_features_round_trip(tmp_path):

@@ -1,0 +1,267 @@
+"""Style control: the feature map a features model is given at inference.
+
+Every instance takes one centre of its label's k-means clusters (the model's feature dictionary)
+and fills its pixels with it; labels absent from the dictionary get zeros. Which centre:
+
+  - `style`: 'car=3,road=1' (Cityscapes name, the model's label name, or label id) fixes the
+    centre of those labels; '*=0' fixes it for every label; specific entries override '*'.
+  - otherwise a random centre, seeded by (seed, instance id) through an integer hash computed on
+    the device: the same instance id keeps its look in every frame of a video, two seeds give
+    two looks, and nothing waits on the host (no loop over instances, no synchronisation).
+  - `style_image` + `style_inst`: E runs on the example photo; a target instance takes the photo's
+    mean feature of the same instance id; else, the mean over the photo's instances of the same
+    label (each instance counted once, whatever its size); else the rule above.
+
+The label of a target pixel is `id // 1000` for Cityscapes instance ids >= 1000, else the label
+map's value there. In the example photo there is no label map, so its instance ids carry the label
+(`id // 1000` for ids >= 1000, the id itself below), as Cityscapes instance maps do.
+
+The dictionary is moved to the device once, when the StyleControl is made; `feature_map` only
+gathers from it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .labels import CITYSCAPES_NAMES, label_from_instance, resolve_label
+
+_M32 = 0xFFFFFFFF
+
+
+def mix32(x):
+    """A 32-bit integer mixer (xor-shift / multiply rounds) on int64 tensors or Python ints, values
+    in [0, 2**32). Multipliers stay below 2**31, so no product overflows int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x2C1B3C6D) & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x297A2D39) & _M32
+    return x ^ (x >> 15)
+
+
+def instance_hash(seed: int, inst: torch.Tensor) -> torch.Tensor:
+    """(seed, instance id) -> int64 in [0, 2**32), elementwise on inst's device."""
+    s = mix32((int(seed) & _M32) ^ 0x5BD1E995)
+    return mix32((inst.long() & _M32) ^ s)
+
+
+def parse_style(style: str, label_names: dict[int, str] | None = None
+                ) -> tuple[int | None, dict[int, int]]:
+    """'car=3,road=1,*=0' -> (3 for '*' or None, {26: 3, 7: 1}); ValueError on a bad entry."""
+    star, fixed = None, {}
+    for entry in style.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        key, sep, value = entry.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"--style entry {entry!r}: expected LABEL=CLUSTER (e.g. car=3, 26=0, "
+                             f"*=0)")
+        try:
+            index = int(value)
+        except ValueError:
+            raise ValueError(f"--style entry {entry!r}: cluster index {value!r} is not an integer") \
+                from None
+        if key == "*":
+            star = index
+        else:
+            try:
+                fixed[resolve_label(key, label_names)] = index
+            except ValueError as e:
+                raise ValueError(f"--style entry {entry!r}: {e}") from None
+    return star, fixed
+
+
+def _name(label: int, names: dict[int, str] | None) -> str:
+    n = (names or CITYSCAPES_NAMES).get(label)
+    return f"{n!r} ({label})" if n else f"{label}"
+
+
+def _range(k: int) -> str:
+    return f"0..{k - 1}" if k > 1 else "0"
+
+
+class StyleControl:
+    """Makes the feature map for (label, inst); construct with `from_options` or `for_engine`."""
+
+    def __init__(self, feat_num: int, features: dict[int, torch.Tensor] | None,
+                 choice: dict[int, int] | None = None, seed: int = 0,
+                 photo: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 device: torch.device | str | None = None):
+        """features: {label: [k, feat_num]} centres; choice: {label: fixed centre index} (already
+        checked); photo: (instance ids int64 [N], mean features [N, feat_num]) of a style photo."""
+        self.feat_num = feat_num
+        self.seed = int(seed)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        features = {int(k): torch.as_tensor(v, dtype=torch.float32) for k, v in
+                    (features or {}).items() if len(v)}
+        # Padded table [L, K, F] with the cluster count per label; label ids index it directly.
+        L = max(features, default=-1) + 1
+        K = max((v.shape[0] for v in features.values()), default=1)
+        centres = torch.zeros(max(L, 1), K, feat_num)
+        counts = torch.zeros(max(L, 1), dtype=torch.int64)
+        fixed = torch.full((max(L, 1),), -1, dtype=torch.int64)
+        for label, c in features.items():
+            centres[label, : c.shape[0]] = c
+            counts[label] = c.shape[0]
+        for label, index in (choice or {}).items():
+            fixed[label] = index
+        self._host = {"centres": centres.reshape(-1, feat_num), "K": K, "counts": counts,
+                      "fixed": fixed}
+        if photo is not None:
+            ids, means = photo
+            ids, order = torch.sort(ids.long().cpu())
+            means = means.float().cpu()[order]
+            labels = label_from_instance(ids)
+            ulab, inv = torch.unique(labels, return_inverse=True)
+            lsum = torch.zeros(ulab.numel(), feat_num).index_add_(0, inv, means)
+            lmean = lsum / torch.bincount(inv, minlength=ulab.numel())[:, None].float()
+            self._host.update(photo_ids=ids, photo_means=means, photo_labels=ulab,
+                              photo_label_means=lmean)
+        self._tables: dict[torch.device, dict] = {}
+        self._tables_for(self.device)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_options(cls, info, style: str | None = None, seed: int = 0,
+                     style_image: Path | None = None, style_inst: Path | None = None,
+                     encoder=None, device=None) -> "StyleControl":
+        """info: EngineInfo (.config, .features, .label_names). ValueError for a model without
+        features, an unknown label, a cluster index out of range, or a bad style photo."""
+        cfg = info.config
+        if cfg.feat_num <= 0:
+            if style or style_image:
+                raise ValueError("this model takes no instance features (feat_num 0); --style and "
+                                 "--style-image need a model trained with features")
+            return cls(0, None, device=device)
+        names = info.label_names
+        features = {int(k): torch.as_tensor(v, dtype=torch.float32)
+                    for k, v in (info.features or {}).items()}
+        for label, c in features.items():
+            if c.dim() != 2 or c.shape[1] != cfg.feat_num:
+                raise ValueError(f"feature dictionary: label {label} has centres of shape "
+                                 f"{tuple(c.shape)}, the model uses {cfg.feat_num} features")
+        choice = {}
+        if style:
+            choice = cls._check_style(style, features, names)
+        photo = None
+        if style_image is not None:
+            photo = photo_instance_means(info, style_image, style_inst, encoder)
+        return cls(cfg.feat_num, features, choice, seed, photo, device)
+
+    @classmethod
+    def for_engine(cls, engine, style: str | None = None, seed: int = 0,
+                   style_image: Path | None = None, style_inst: Path | None = None
+                   ) -> "StyleControl":
+        """For an engine from `open_engine`: its dictionary, its encoder (PyTorch engines) and its
+        device."""
+        return cls.from_options(engine.info, style, seed, style_image, style_inst,
+                                getattr(engine, "encoder", None), engine.device)
+
+    @staticmethod
+    def _check_style(style: str, features: dict[int, torch.Tensor],
+                     names: dict[int, str] | None) -> dict[int, int]:
+        star, fixed = parse_style(style, names)
+        if not features:
+            raise ValueError(f"--style {style!r}: this model has no feature dictionary (run "
+                             f"`p2phd-infer features` or import one)")
+        choice = {}
+        if star is not None:
+            for label in sorted(features):
+                k = features[label].shape[0]
+                if label not in fixed and not 0 <= star < k:
+                    kmin = min(v.shape[0] for v in features.values())
+                    raise ValueError(
+                        f"--style '*={star}': cluster {star} is out of range for label "
+                        f"{_name(label, names)}, which has clusters {_range(k)}; '*' needs an "
+                        f"index every label has ({_range(kmin)})")
+                choice[label] = star
+        for label, index in fixed.items():
+            if label not in features:
+                have = ", ".join(_name(l_, names) for l_ in sorted(features))
+                raise ValueError(f"--style: label {_name(label, names)} has no feature clusters in "
+                                 f"this model (labels with clusters: {have})")
+            k = features[label].shape[0]
+            if not 0 <= index < k:
+                raise ValueError(f"--style: cluster {index} is out of range for label "
+                                 f"{_name(label, names)}: valid {_range(k)}")
+            choice[label] = index
+        return choice
+
+    # ------------------------------------------------------------------ the feature map
+
+    def _tables_for(self, device: torch.device) -> dict:
+        t = self._tables.get(device)
+        if t is None:
+            t = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in self._host.items()}
+            self._tables[device] = t
+        return t
+
+    @torch.no_grad()
+    def feature_map(self, label: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+        """label, inst int32 [B,1,H,W] -> float32 [B,F,H,W] on their device."""
+        B, _, H, W = inst.shape
+        t = self._tables_for(inst.device)
+        if self.feat_num == 0:
+            return torch.zeros(B, 0, H, W, device=inst.device)
+        ids = inst.long()
+        lab = torch.where(ids >= 1000, torch.div(ids, 1000, rounding_mode="floor"), label.long())
+        L = t["counts"].shape[0]
+        inside = (lab >= 0) & (lab < L)
+        labc = lab.clamp(0, L - 1)
+        k = torch.where(inside, t["counts"][labc], 0)
+        random = instance_hash(self.seed, ids) % k.clamp_min(1)
+        fixed = t["fixed"][labc]
+        pick = torch.where(fixed >= 0, fixed, random)
+        feat = t["centres"][labc * t["K"] + pick]                    # [B,1,H,W,F]
+        feat = feat * (k > 0).unsqueeze(-1)
+        if "photo_ids" in t:
+            feat = torch.where(*self._photo_lookup(t, ids, lab), feat)
+        return feat.squeeze(1).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def _photo_lookup(t: dict, ids: torch.Tensor, lab: torch.Tensor):
+        """-> (mask [B,1,H,W,1], photo features [B,1,H,W,F]): the same instance id in the photo,
+        else the photo's mean over the same label; sorted lookups, no synchronisation."""
+        def find(keys, values, query):
+            pos = torch.searchsorted(keys, query.contiguous()).clamp_max(keys.numel() - 1)
+            return keys[pos] == query, values[pos]
+        hit_id, by_id = find(t["photo_ids"], t["photo_means"], ids)
+        hit_lab, by_lab = find(t["photo_labels"], t["photo_label_means"], lab)
+        value = torch.where(hit_id.unsqueeze(-1), by_id, by_lab)
+        return (hit_id | hit_lab).unsqueeze(-1), value
+
+
+def photo_instance_means(info, style_image: Path, style_inst: Path | None, encoder
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run E (on its own device) on an example photo -> (instance ids int64 [N], mean features
+    float32 [N,F]) on the CPU."""
+    from .image_io import InputError, read_id_png, read_rgb
+    from .instance_features import encode_photo, instance_table
+    if encoder is None:
+        raise ValueError("--style-image needs the model's encoder E: use a model.pt engine whose "
+                         "checkpoint holds an encoder")
+    if style_inst is None:
+        raise ValueError(f"--style-image {style_image}: needs its instance map (--style-instances)")
+    rgb = read_rgb(style_image)
+    inst = read_id_png(style_inst)
+    if rgb.shape[:2] != inst.shape:
+        raise InputError(style_image, f"size {rgb.shape[1]}x{rgb.shape[0]} differs from its "
+                                      f"instance map {style_inst} ({inst.shape[1]}x{inst.shape[0]})")
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    inst_t = torch.from_numpy(inst)[None, None]
+    enc_dev = next(encoder.parameters()).device
+    try:
+        with torch.inference_mode():
+            feat = encode_photo(encoder, info.config, image.to(enc_dev), inst_t.to(enc_dev))
+    except ValueError as e:
+        raise InputError(style_image, str(e)) from None
+    ids, means, _ = instance_table(feat[0], inst_t[0].to(enc_dev))
+    return ids.cpu(), means.cpu()
