@@ -1,0 +1,61 @@
+"""Which implementation runs: the Triton kernel or the plain-torch reference.
+
+Every public kernel takes `backend="auto" | "triton" | "torch"`:
+  auto   - Triton when every tensor is on CUDA and triton imports, else the reference;
+  triton - the Triton kernel: on CUDA, or on CPU tensors in Triton's interpreter (slow; tests);
+  torch  - the reference.
+
+The interpreter needs TRITON_INTERPRET=1 in the environment before triton is first imported
+(triton decorates its own library functions at import), so CPU runs of the Triton path are only
+possible in a process started that way; tests/conftest.py does it on machines without CUDA.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install without triton still has every reference
+    triton = None
+    tl = None
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def jit(fn):
+    """triton.jit when triton imports; otherwise the plain function, which is never launched."""
+    return triton.jit(fn) if triton is not None else fn
+
+
+def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    devices = {t.device.type for t in tensors}
+    if backend == "auto":
+        return triton is not None and devices == {"cuda"}
+    if triton is None:
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+    if len(devices) > 1:
+        raise ValueError(f"tensors are on several devices: {sorted(devices)}")
+    if devices != {"cuda"} and not interpreting():
+        raise RuntimeError(f"the Triton kernels run on CUDA tensors, or on CPU tensors when "
+                           f"TRITON_INTERPRET=1 is set before triton is imported; got {devices}")
+    return True
+
+
+def interpreting() -> bool:
+    """True when triton was imported under TRITON_INTERPRET=1, so kernels accept CPU tensors."""
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    # Triton decorated its own library under the mode that was on when it was imported.
+    return isinstance(tl.standard.zeros_like, InterpretedFunction)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
