@@ -1,4 +1,11 @@
-"""Triton kernels, each beside the plain-torch reference that defines it and serves the CPU."""
-from .instance_mean import instance_mean, instance_mean_reference
+"""Triton kernels, each beside the plain-torch reference that defines it and serves the CPU.
 
-__all__ = ["instance_mean", "instance_mean_reference"]
+Each public function takes backend="auto" (Triton on CUDA tensors when triton imports, else the
+reference), "triton" or "torch"; see _backend.py.
+"""
+from .feature_scatter import feature_scatter, feature_scatter_reference
+from .instance_mean import instance_mean, instance_mean_reference
+from .label_encode import label_encode, label_encode_reference
+
+__all__ = ["feature_scatter", "feature_scatter_reference", "instance_mean",
+           "instance_mean_reference", "label_encode", "label_encode_reference"]
