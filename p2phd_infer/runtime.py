@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import Counter, deque
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ import torch
 from .frames import Frame, decode_frame
 from .image_io import InputError, write_image
 from .synthesizer import to_uint8
+
+
+# Frames decoded by Pillow come as read-only arrays; the ids are only read, never written, so
+# torch's warning about non-writable arrays says nothing useful here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                        category=UserWarning)
 
 
 class QueueFull(RuntimeError):
