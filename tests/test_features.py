@@ -120,7 +120,7 @@ def test_area_rule_keeps_exactly_the_reference_instances(tmp_path):
     # More clusters than instances: every kept instance is its own centre, so the centres are
     # exactly the kept instances' features.
     code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
-                         "--clusters", 50, "--device", "cpu", "--workers", 0])
+                         "--clusters", 50, "--device", "cpu", "--resize-or-crop", "none", "--workers", 0])
     assert code == 0, out
     assert "from 6 of 9 instances" in out           # road x2, 26001, 26003, 26001', 33001
     got = load_checkpoint(model).features
@@ -140,7 +140,7 @@ def test_kmeans_per_label_capped_at_clusters(tmp_path):
     enc = tiny_model(model, GLOBAL).eval()
     want = expected_kept(enc, GLOBAL, scenes)
     code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
-                         "--clusters", 2, "--device", "cpu", "--workers", 1])
+                         "--clusters", 2, "--device", "cpu", "--resize-or-crop", "none", "--workers", 1])
     assert code == 0, out
     got = load_checkpoint(model).features
     assert {k: v.shape for k, v in got.items()} == {7: (2, 3), 26: (2, 3), 33: (1, 3)}
@@ -203,7 +203,7 @@ def test_features_export_official_reads_back(tmp_path):
     npy = tmp_path / "out" / "features.npy"
     npy.parent.mkdir()
     code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
-                         "--device", "cpu", "--export-official", npy])
+                         "--device", "cpu", "--resize-or-crop", "none", "--export-official", npy])
     assert code == 0, out
     stored = load_checkpoint(model).features
     exported = read_official_features(npy)
@@ -220,15 +220,31 @@ def test_features_errors_are_one_line(tmp_path):
     save_checkpoint(Checkpoint(cfg, build_generator(cfg).state_dict()), model)
     write_dataset(tmp_path / "data")
     code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
-                         "--device", "cpu"])
+                         "--device", "cpu", "--resize-or-crop", "none"])
     assert code == 2 and "has no encoder" in out and "Traceback" not in out
     model2 = tmp_path / "model.pt"
     tiny_model(model2, GLOBAL)
     (tmp_path / "data" / "train_img" / "001.png").unlink()
     code, out = run_cli(["features", "--model", model2, "--data", tmp_path / "data",
-                         "--device", "cpu"])
+                         "--device", "cpu", "--resize-or-crop", "none"])
     assert code == 2 and "001.png" in out and "no photo" in out
     assert load_checkpoint(model2).features is None                 # untouched on failure
+
+
+def test_photos_load_as_the_model_was_trained(tmp_path):
+    from p2phd_infer.train.features import training_load_options
+    ckpt = Checkpoint(GLOBAL, {}, extra={"train_info": {"step": 3}})
+    assert training_load_options(ckpt, None, None) == ("scale_width", 1024)   # trainer defaults
+    ckpt.extra["train_info"].update(resize_or_crop="none", load_size=2048)
+    assert training_load_options(ckpt, None, None) == ("none", 2048)
+    assert training_load_options(ckpt, "scale_width", 512) == ("scale_width", 512)
+    # scale_width to 128: the 64x32 photos are encoded at 128x64, ratios taken there (4x pixels).
+    write_dataset(tmp_path / "data")
+    model = tmp_path / "model.pt"
+    tiny_model(model, GLOBAL)
+    code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
+                         "--device", "cpu", "--load-size", 128])
+    assert code == 0 and "from 6 of 9 instances" in out, out
 
 
 def test_encoder_size_must_fit():

@@ -121,14 +121,28 @@ def collect_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
     return {k: np.concatenate(v) for k, v in rows.items()}, seen, kept
 
 
+def training_load_options(ckpt, resize_or_crop: str | None, load_size: int | None
+                          ) -> tuple[str, int]:
+    """How to load photos: as given, else as the checkpoint says it was trained (train_info),
+    else the trainer's defaults (as the official encode_features parses the training options)."""
+    from .trainer import TrainOptions
+    info = ckpt.extra.get("train_info") or {}
+    if resize_or_crop is None:
+        resize_or_crop = info.get("resize_or_crop", TrainOptions.resize_or_crop)
+    if load_size is None:
+        load_size = int(info.get("load_size", TrainOptions.load_size))
+    return resize_or_crop, load_size
+
+
 def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
                      device: str | None = None, mode: str = "pix2pixhd", phase: str = "train",
-                     resize_or_crop: str = "none", load_size: int = 1024, workers: int = 0
-                     ) -> tuple[dict[int, torch.Tensor], int, int]:
+                     resize_or_crop: str | None = None, load_size: int | None = None,
+                     workers: int = 0) -> tuple[dict[int, torch.Tensor], int, int]:
     """The dictionary for the model.pt at `model` from the dataset at `data` (not saved)."""
     from .datasets import PairedDataset
     ckpt = load_checkpoint(model)
     cfg = ckpt.config
+    resize_or_crop, load_size = training_load_options(ckpt, resize_or_crop, load_size)
     encoder = ckpt.build_encoder()
     if encoder is None:
         raise CheckpointError(f"{model}: has no encoder (feat_num {cfg.feat_num}); train or import "
@@ -157,11 +171,12 @@ def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
               type=click.Choice(["pix2pixhd", "cityscapes"]), help="Folder layout of --data.")
 @click.option("--phase", default="train", show_default=True,
               help="Dataset split: <phase>_label/ etc., or the Cityscapes split.")
-@click.option("--resize-or-crop", default="none", show_default=True,
-              type=click.Choice(["none", "scale_width"]),
-              help="Load photos as the model was trained: 'scale_width' resizes to --load-size.")
-@click.option("--load-size", default=1024, show_default=True, type=click.IntRange(32),
-              help="Width photos are scaled to with --resize-or-crop scale_width.")
+@click.option("--resize-or-crop", default=None, type=click.Choice(["none", "scale_width"]),
+              help="Load photos as the model was trained: 'scale_width' resizes to --load-size "
+                   "[as recorded in the model, else the trainer's default: scale_width].")
+@click.option("--load-size", default=None, type=click.IntRange(32),
+              help="Width photos are scaled to with scale_width [as recorded in the model, else "
+                   "the trainer's default: 1024].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
               help="Photo decoding threads.")
 def features_cmd(model, data, clusters, export, device, dataset_mode, phase, resize_or_crop,
@@ -171,8 +186,9 @@ def features_cmd(model, data, clusters, export, device, dataset_mode, phase, res
     Every instance of every photo gets E's instance-mean feature and its area ratio
     pixels / (H*W // 32) under its label; instances with ratio <= 0.5 are dropped; k-means per
     label (k = min(N, --clusters), random_state 0) gives the centres that `run --style` picks
-    from. The model file is rewritten atomically. Load the photos as in training (same
-    --resize-or-crop / --load-size): E then sees them at the resolution it was trained at.
+    from. The model file is rewritten atomically. Load the photos as in training (the same
+    --resize-or-crop / --load-size as `train`): E then sees them at the resolution it was trained
+    at (G1's, for a local model).
     """
     from p2phd_infer.cli import fail
     from .datasets import DatasetError
