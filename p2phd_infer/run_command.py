@@ -61,9 +61,17 @@ class RunSummary:
               help="Instance map of --style-image.")
 @click.option("--summary-json", type=click.Path(dir_okay=False),
               help="Also write the summary (counts, frames/s, each failure) as JSON here.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None,
+              metavar="[ADDRESS]", help="Run on a Ray cluster: the running one or a new local "
+              "one, or ADDRESS ('auto', 'ray://HEAD:10001'). LABELS and --out may be URIs "
+              "(s3://...). Put --ray after LABELS, or write --ray=ADDRESS.")
+@click.option("--num-workers", type=click.IntRange(1), default=None,
+              help="--ray: synthesis actors, one engine each [one per GPU, or per CPU].")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
+              help="--ray: GPUs per actor, fractions share a GPU [1 if the cluster has GPUs].")
 def run_cmd(labels, engine_path, instances, out, device, batch_size, max_delay_us, workers, fmt,
             quality, fp16, compile_, overwrite, style, seed, style_image, style_instances,
-            summary_json):
+            summary_json, ray_address, num_workers, gpus_per_worker):
     """Synthesize OUT/<name>.png (or .jpg) for every label map in LABELS (a folder or one PNG).
 
     Instance maps pair by file name in --instances, by Cityscapes names
@@ -73,6 +81,9 @@ def run_cmd(labels, engine_path, instances, out, device, batch_size, max_delay_u
     written, and the exit status is non-zero at the end. Existing outputs are skipped unless
     --overwrite. With no LABELS, the bundled sample label maps are used.
     """
+    if ray_address is not None:      # the same job spread over a Ray cluster: ray_run.py
+        from .ray_run import run_on_ray_cli
+        return run_on_ray_cli(**click.get_current_context().params)
     from .api import make_style
     from .cli import fail
     try:
