@@ -58,6 +58,8 @@ def _register():
     main.add_command(run_cmd)
     from .train.features import features_cmd
     main.add_command(features_cmd)
+    from .export.commands import export_cmd
+    main.add_command(export_cmd)
 
 
 _register()

@@ -1,0 +1,101 @@
+"""AOTInductor engine for `.pt2` packages written by `p2phd-infer export --format aoti`."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .engines import Engine, EngineError, resolve_device
+
+INT_INPUTS = ("label", "inst", "style_inst")
+
+
+def read_package_metadata(path: Path) -> dict[str, str] | None:
+    """The package's metadata map without loading its shared library (so a CUDA package on a
+    CPU-only machine gives a clear error, not a loader fault). None if the layout is unknown."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if "/aotinductor/" in name and name.endswith("_metadata.json"):
+                    doc = json.loads(z.read(name))
+                    if isinstance(doc, dict) and "AOTI_DEVICE_KEY" in doc:
+                        return doc
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise EngineError(f"{path}: not an AOTInductor package ({e.__class__.__name__}: {e})") \
+            from None
+    return None
+
+
+class AotiEngine(Engine):
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
+        from p2phd_infer.export.metadata import KEY, info_from_json
+        self.path = Path(path)
+        meta = read_package_metadata(self.path)
+        built_for = (meta or {}).get("AOTI_DEVICE_KEY", "cpu")
+        if device is None or device == "auto":
+            device = built_for
+        self.device = resolve_device(device)
+        if self.device.type != built_for:
+            raise EngineError(f"{self.path}: this package was compiled for {built_for}; it cannot "
+                              f"run on {self.device.type} (export again with --device "
+                              f"{self.device.type})")
+        index = -1 if self.device.type == "cpu" else (
+            self.device.index if self.device.index is not None else torch.cuda.current_device())
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", index)
+        try:
+            self.model = torch._inductor.aoti_load_package(str(self.path), device_index=index)
+        except Exception as e:  # noqa: BLE001 - any loader fault is a bad or foreign package
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise EngineError(f"{self.path}: cannot load this AOTInductor package "
+                              f"({e.__class__.__name__}: {first})") from None
+        meta = meta if meta and KEY in meta else self.model.get_metadata()
+        if KEY not in meta:
+            raise EngineError(f"{self.path}: no p2phd-infer metadata in this package (export it "
+                              f"with `p2phd-infer export --format aoti`)")
+        self.info = info_from_json(meta[KEY], self.path)
+        self.graph = self.info.extra.get("graph", "generator")
+        self.input_names = list(self.info.extra.get("inputs", ["label", "inst"]))
+        self.dtype = torch.float16 if self.info.precision == "fp16" else torch.float32
+        # One AOTInductor runner per package: calls from several threads take turns.
+        self._lock = threading.Lock()
+
+    def __call__(self, label: torch.Tensor, inst: torch.Tensor,
+                 feat: torch.Tensor | None = None) -> torch.Tensor:
+        if self.graph == "style":
+            raise EngineError(f"{self.path}: this is a style-from-photo graph; it needs an example "
+                              f"photo (AotiEngine.style), or export --graph generator for `run`")
+        self.check_shape(label)
+        B, _, H, W = label.shape
+        feeds = {"label": label, "inst": inst}
+        if "feat" in self.input_names:
+            F = self.config.feat_num
+            if feat is None:      # as the PyTorch Synthesizer: no features given, zeros
+                feat = torch.zeros(B, F, H, W, device=self.device)
+            elif tuple(feat.shape) != (B, F, H, W):
+                raise EngineError(f"feat has shape {tuple(feat.shape)}, this engine needs "
+                                  f"{(B, F, H, W)}")
+            feeds["feat"] = feat
+        return self._run(feeds)
+
+    def style(self, label, inst, style_image, style_inst) -> torch.Tensor:
+        """Style from an example photo (style graphs); see p2phd_infer.export.graphs."""
+        from .engine_onnx import check_style_inputs
+        if self.graph != "style":
+            raise EngineError(f"{self.path}: a generator graph has no photo input; export "
+                              f"--graph style for style from a photo")
+        self.check_shape(label)
+        check_style_inputs(label, inst, style_image, style_inst)
+        return self._run({"label": label, "inst": inst, "style_image": style_image,
+                          "style_inst": style_inst})
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        args = [feeds[n].to(self.device, torch.int32 if n in INT_INPUTS else self.dtype)
+                .contiguous() for n in self.input_names]
+        with self._lock, torch.inference_mode():
+            out = self.model(*args)
+        return out[0] if isinstance(out, (list, tuple)) else out

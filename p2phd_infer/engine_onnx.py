@@ -1,0 +1,166 @@
+"""ONNX Runtime engine for `.onnx` files written by `p2phd-infer export --format onnx`.
+
+Provider: TensorRT, then CUDA, then CPU, whichever this onnxruntime build has (CUDA ones need
+the `onnxruntime-gpu` package). On CUDA, torch tensors are bound in place with IO binding (no
+host round trip); on the CPU they go through numpy without a copy.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engines import Engine, EngineError, resolve_device
+
+CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+INT_INPUTS = ("label", "inst", "style_inst")
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EngineError("ONNX engines need onnxruntime: pip install onnxruntime "
+                          "(onnxruntime-gpu for CUDA)") from None
+    return onnxruntime
+
+
+def _choose_device(device, available: list[str]) -> torch.device:
+    has_cuda_provider = any(p in available for p in CUDA_PROVIDERS)
+    if device is None or device == "auto":
+        cuda = torch.cuda.is_available() and has_cuda_provider
+        return torch.device("cuda" if cuda else "cpu")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not has_cuda_provider:
+        raise EngineError("--device cuda asked for, but this onnxruntime has no CUDA provider "
+                          "(pip install onnxruntime-gpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise EngineError(f"ONNX engines run on cpu or cuda, not {dev.type}")
+    return dev
+
+
+class OnnxEngine(Engine):
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
+        from p2phd_infer.export.metadata import KEY, info_from_json
+        ort = _import_onnxruntime()
+        self.path = Path(path)
+        available = ort.get_available_providers()
+        self.device = _choose_device(device, available)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3            # errors only; warnings go to stderr otherwise
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=self._providers(available))
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except Exception as e:  # noqa: BLE001 - any load fault is a bad file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise EngineError(f"{self.path}: not a loadable ONNX model ({e.__class__.__name__}: "
+                              f"{first})") from None
+        if KEY not in meta:
+            raise EngineError(f"{self.path}: no p2phd-infer metadata in this ONNX file (export it "
+                              f"with `p2phd-infer export --format onnx`)")
+        self.info = info_from_json(meta[KEY], self.path)
+        self.graph = self.info.extra.get("graph", "generator")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.providers = self.session.get_providers()
+
+    def _providers(self, available: list[str]) -> list:
+        if self.device.type == "cpu":
+            return ["CPUExecutionProvider"]
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        chosen: list = []
+        if "TensorrtExecutionProvider" in available:
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+                "p2phd-infer" / "ort-tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            chosen.append(("TensorrtExecutionProvider", {
+                "device_id": index, "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache)}))
+        if "CUDAExecutionProvider" in available:
+            chosen.append(("CUDAExecutionProvider", {"device_id": index}))
+        return chosen + ["CPUExecutionProvider"]
+
+    # --- the Engine interface ------------------------------------------------------------------
+
+    def __call__(self, label: torch.Tensor, inst: torch.Tensor,
+                 feat: torch.Tensor | None = None) -> torch.Tensor:
+        if self.graph == "style":
+            raise EngineError(f"{self.path}: this is a style-from-photo graph; it needs an example "
+                              f"photo (OnnxEngine.style), or export --graph generator for `run`")
+        self.check_shape(label)
+        B, _, H, W = label.shape
+        feeds = {"label": label, "inst": inst}
+        if "feat" in self.input_names:
+            F = self.config.feat_num
+            if feat is None:      # as the PyTorch Synthesizer: no features given, zeros
+                feat = torch.zeros(B, F, H, W, device=label.device)
+            elif tuple(feat.shape) != (B, F, H, W):
+                raise EngineError(f"feat has shape {tuple(feat.shape)}, this engine needs "
+                                  f"{(B, F, H, W)}")
+            feeds["feat"] = feat
+        return self._run(feeds, (B, self.config.output_nc, H, W))
+
+    def style(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
+              style_inst: torch.Tensor) -> torch.Tensor:
+        """Style from an example photo (style graphs): instances take the photo's encoder
+        features of the same instance id; ids absent from the photo get zeros."""
+        if self.graph != "style":
+            raise EngineError(f"{self.path}: a generator graph has no photo input; export "
+                              f"--graph style for style from a photo")
+        self.check_shape(label)
+        check_style_inputs(label, inst, style_image, style_inst)
+        B, _, H, W = label.shape
+        feeds = {"label": label, "inst": inst, "style_image": style_image,
+                 "style_inst": style_inst}
+        return self._run(feeds, (B, self.config.output_nc, H, W))
+
+    # --- running -------------------------------------------------------------------------------
+
+    def _prepare(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        dtype = torch.int32 if name in INT_INPUTS else torch.float32
+        return t.to(self.device, dtype).contiguous()
+
+    def _run(self, feeds: dict[str, torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise EngineError(f"{self.path}: graph inputs {missing} were not given")
+        tensors = {n: self._prepare(n, feeds[n]) for n in self.input_names}
+        if self.device.type == "cpu":
+            out = self.session.run(["image"], {n: t.numpy() for n, t in tensors.items()})[0]
+            return torch.from_numpy(out)
+        binding = self.session.io_binding()
+        index = self.device.index
+        for n, t in tensors.items():
+            binding.bind_input(name=n, device_type="cuda", device_id=index,
+                               element_type=np.int32 if t.dtype == torch.int32 else np.float32,
+                               shape=tuple(t.shape), buffer_ptr=t.data_ptr())
+        out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
+        binding.bind_output(name="image", device_type="cuda", device_id=index,
+                            element_type=np.float32, shape=tuple(out.shape),
+                            buffer_ptr=out.data_ptr())
+        # onnxruntime runs on its own stream: the inputs written on torch's stream must be ready.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return out
+
+
+def check_style_inputs(label, inst, style_image, style_inst) -> None:
+    """Shapes agree and instance ids fit the instance-mean table (0..65535, 16-bit maps)."""
+    from p2phd_infer.export.graphs import MAX_INSTANCE_ID
+    B, _, H, W = label.shape
+    if tuple(inst.shape) != (B, 1, H, W) or tuple(style_inst.shape) != (B, 1, H, W):
+        raise EngineError(f"inst {tuple(inst.shape)} and style_inst {tuple(style_inst.shape)} must "
+                          f"both be {(B, 1, H, W)}")
+    if tuple(style_image.shape) != (B, 3, H, W):
+        raise EngineError(f"style_image has shape {tuple(style_image.shape)}, the photo must be "
+                          f"{(B, 3, H, W)} (same size as the frame)")
+    for name, ids in (("inst", inst), ("style_inst", style_inst)):
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi > MAX_INSTANCE_ID:
+            raise EngineError(f"{name}: instance id {lo if lo < 0 else hi} out of range "
+                              f"0..{MAX_INSTANCE_ID} (16-bit instance maps)")

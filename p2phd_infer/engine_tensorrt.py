@@ -1,0 +1,161 @@
+"""TensorRT engine for `.plan` / `.engine` files written by `p2phd-infer export --format tensorrt`.
+
+TensorRT runs in torch's CUDA context (the device's primary context, which torch initialises) and
+on torch's current stream: inputs and outputs are torch CUDA tensors bound by address
+(`set_tensor_address` + `execute_async_v3`), so there is no second CUDA context, no copy and no
+host sync. The engine's metadata (config, features, label names, size, profile) is the sidecar
+`<plan>.json`, since a plan file is TensorRT's own format.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from .engines import Engine, EngineError, resolve_device
+
+INSTALL_HINT = "pip install tensorrt (TensorRT 10), or pip install 'p2phd-infer[gpu]'"
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise EngineError(f"TensorRT engines need the tensorrt package: {INSTALL_HINT}") from None
+    major = int(str(tensorrt.__version__).split(".")[0])
+    if major != 10:
+        raise EngineError(f"this release builds and runs TensorRT 10 engines; tensorrt "
+                          f"{tensorrt.__version__} is installed ({INSTALL_HINT})")
+    return tensorrt
+
+
+_LOGGER = None
+
+
+def trt_logger(trt):
+    """One logger per process; plugins (ScatterElements with a reduction) registered once."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(_LOGGER, "")
+    return _LOGGER
+
+
+def torch_dtype(trt, dtype) -> torch.dtype:
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+             trt.int64: torch.int64, trt.bool: torch.bool, trt.uint8: torch.uint8}
+    if dtype not in table:
+        raise EngineError(f"unsupported TensorRT I/O type {dtype}")
+    return table[dtype]
+
+
+class TensorRTEngine(Engine):
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
+        from p2phd_infer.export.metadata import info_from_json, sidecar_path
+        self.path = Path(path)
+        meta = sidecar_path(self.path)
+        if not meta.is_file():
+            raise EngineError(f"{self.path}: its metadata file {meta.name} is missing (it is "
+                              f"written beside the plan by `p2phd-infer export --format tensorrt`)")
+        self.info = info_from_json(meta.read_bytes(), meta)
+        self.graph = self.info.extra.get("graph", "generator")
+        trt = import_tensorrt()
+        self.device = resolve_device("cuda" if device in (None, "auto") else device)
+        if self.device.type != "cuda":
+            raise EngineError("TensorRT engines run on CUDA only (--device cuda)")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        logger = trt_logger(trt)
+        with torch.cuda.device(self.device):
+            torch.cuda.init()
+            torch.empty(1, device=self.device)        # make torch's primary context current
+            self.runtime = trt.Runtime(logger)
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self.engine is None:
+                raise EngineError(f"{self.path}: TensorRT could not load this plan (built by "
+                                  f"another TensorRT version or for another GPU? rebuild it with "
+                                  f"`p2phd-infer export --format tensorrt` on this machine)")
+            self.context = self.engine.create_execution_context()
+        self.inputs: list[str] = []
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.profile: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            self.dtypes[name] = torch_dtype(trt, self.engine.get_tensor_dtype(name))
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs.append(name)
+                lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+                self.profile[name] = (tuple(lo), tuple(hi))
+        if "image" not in self.dtypes:
+            raise EngineError(f"{self.path}: the plan has no 'image' output")
+        self._lock = threading.Lock()
+        self._done: torch.cuda.Event | None = None
+
+    # --- the Engine interface ------------------------------------------------------------------
+
+    def __call__(self, label: torch.Tensor, inst: torch.Tensor,
+                 feat: torch.Tensor | None = None) -> torch.Tensor:
+        if self.graph == "style":
+            raise EngineError(f"{self.path}: this is a style-from-photo engine; it needs an example "
+                              f"photo (TensorRTEngine.style), or export --graph generator for `run`")
+        B, _, H, W = label.shape
+        feeds = {"label": label, "inst": inst}
+        if "feat" in self.inputs:
+            feeds["feat"] = feat if feat is not None else \
+                torch.zeros(B, self.config.feat_num, H, W, device=self.device)
+        return self._run(feeds)
+
+    def style(self, label, inst, style_image, style_inst) -> torch.Tensor:
+        """Style from an example photo (style engines); see p2phd_infer.export.graphs."""
+        from .engine_onnx import check_style_inputs
+        if self.graph != "style":
+            raise EngineError(f"{self.path}: a generator engine has no photo input; export "
+                              f"--graph style for style from a photo")
+        check_style_inputs(label, inst, style_image, style_inst)
+        return self._run({"label": label, "inst": inst, "style_image": style_image,
+                          "style_inst": style_inst})
+
+    def check_profile(self, name: str, shape: tuple[int, ...]) -> None:
+        """A clear error for shapes outside the optimisation profile the plan was built with."""
+        lo, hi = self.profile[name]
+        if len(shape) != len(lo):
+            raise EngineError(f"{name}: {len(shape)}-d input, this engine takes {len(lo)}-d")
+        if not lo[0] <= shape[0] <= hi[0]:
+            raise EngineError(f"batch {shape[0]} is outside this TensorRT engine's profile "
+                              f"{lo[0]}..{hi[0]} (rebuild with a larger --max-batch)")
+        for d in range(1, len(shape)):
+            if not lo[d] <= shape[d] <= hi[d]:
+                what = f"{hi[3]}x{hi[2]}" if len(hi) == 4 else str(hi)
+                raise EngineError(f"{name}: shape {tuple(shape)} does not fit this TensorRT "
+                                  f"engine, built for {what} (profile {lo}..{hi})")
+
+    def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [n for n in self.inputs if n not in feeds]
+        if missing:
+            raise EngineError(f"{self.path}: engine inputs {missing} were not given")
+        tensors = {}
+        for name in self.inputs:
+            self.check_profile(name, tuple(feeds[name].shape))
+            tensors[name] = feeds[name].to(self.device, self.dtypes[name]).contiguous()
+        with torch.cuda.device(self.device), self._lock:
+            for name, t in tensors.items():
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    raise EngineError(f"{name}: TensorRT rejected shape {tuple(t.shape)}")
+            out_shape = tuple(self.context.get_tensor_shape("image"))
+            out = torch.empty(out_shape, dtype=self.dtypes["image"], device=self.device)
+            for name, t in tensors.items():
+                self.context.set_tensor_address(name, t.data_ptr())
+            self.context.set_tensor_address("image", out.data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            # The context's scratch memory is shared: a call on another stream waits for the last.
+            if self._done is not None:
+                stream.wait_event(self._done)
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise EngineError(f"{self.path}: TensorRT execution failed")
+            self._done = torch.cuda.Event()
+            self._done.record(stream)
+        # Inputs converted above are freed on return; torch's allocator reuses their memory only
+        # in stream order, after TensorRT has read them.
+        return out
