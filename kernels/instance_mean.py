@@ -158,7 +158,9 @@ def _gather_kernel(inst_ptr, keys_ptr, vals_ptr, out_ptr, N, P, empty,
              mean.to(out_ptr.dtype.element_ty), mask=inb[:, None] & (cols[None, :] < C))
 
 
-def _instance_mean_triton(feat: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+def _instance_mean_triton(feat: torch.Tensor, inst: torch.Tensor,
+                          block: int | None = None) -> torch.Tensor:
+    # block: pixels per program, a power of two; tests pass small ones to cross many blocks.
     B, C, H, W = feat.shape
     N = H * W
     out = torch.empty_like(feat, memory_format=torch.contiguous_format)
@@ -175,7 +177,8 @@ def _instance_mean_triton(feat: torch.Tensor, inst: torch.Tensor) -> torch.Tenso
     vals = torch.empty((B * P, C + 1), dtype=torch.float32, device=feat.device)
     cv_pad = next_pow2(C + 1)
     # At most ~4096 elements per program; no wider than the image (matters to the interpreter).
-    block = max(16, min(1024, 4096 // cv_pad, next_pow2(N)))
+    if block is None:
+        block = max(16, min(1024, 4096 // cv_pad, next_pow2(N)))
     grid = (triton.cdiv(N, block), B)
     dev = feat.device
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():

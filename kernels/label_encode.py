@@ -31,7 +31,8 @@ def _label_encode_kernel(label_ptr, inst_ptr, out_ptr, H, W, N, LABEL_NC,
     out = out_ptr + b * (LABEL_NC + USE_INSTANCE) * N + p
     for c in range(0, LABEL_NC):
         # Labels outside [0, label_nc) match no class and leave the pixel all zeros.
-        tl.store(out + c * N, (lab == c).to(out_ptr.dtype.element_ty), mask=inb)
+        # (Via fp32: Triton's interpreter turns bool -> bf16 into garbage.)
+        tl.store(out + c * N, (lab == c).to(tl.float32).to(out_ptr.dtype.element_ty), mask=inb)
     if USE_INSTANCE:
         ids = inst_ptr + b * N + p
         row = p // W
@@ -43,7 +44,7 @@ def _label_encode_kernel(label_ptr, inst_ptr, out_ptr, H, W, N, LABEL_NC,
         down = tl.load(ids + W, mask=inb & (row < H - 1), other=0)
         edge = (((col > 0) & (left != x)) | ((col < W - 1) & (right != x))
                 | ((row > 0) & (up != x)) | ((row < H - 1) & (down != x)))
-        tl.store(out + LABEL_NC * N, edge.to(out_ptr.dtype.element_ty), mask=inb)
+        tl.store(out + LABEL_NC * N, edge.to(tl.float32).to(out_ptr.dtype.element_ty), mask=inb)
 
 
 def _label_encode_triton(label, inst, label_nc, use_instance, dtype):
