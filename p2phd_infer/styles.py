@@ -8,6 +8,8 @@ and fills its pixels with it; labels absent from the dictionary get zeros. Which
   - otherwise a random centre, seeded by (seed, instance id) through an integer hash computed on
     the device: the same instance id keeps its look in every frame of a video, two seeds give
     two looks, and nothing waits on the host (no loop over instances, no synchronisation).
+    Centre index: mix32((id mod 2**32) ^ mix32((seed mod 2**32) ^ 0x5BD1E995)) % k, with mix32
+    below, so it is reproducible anywhere.
   - `style_image` + `style_inst`: E runs on the example photo; a target instance takes the photo's
     mean feature of the same instance id; else, the mean over the photo's instances of the same
     label (each instance counted once, whatever its size); else the rule above.
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .kernels.feature_scatter import feature_scatter
 from .labels import CITYSCAPES_NAMES, label_from_instance, resolve_label
 
 _M32 = 0xFFFFFFFF
@@ -77,6 +80,14 @@ def parse_style(style: str, label_names: dict[int, str] | None = None
     return star, fixed
 
 
+def _normalise(device) -> torch.device:
+    """'cuda' and 'cuda:0' are one device: key the tables by the explicit index."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _name(label: int, names: dict[int, str] | None) -> str:
     n = (names or CITYSCAPES_NAMES).get(label)
     return f"{n!r} ({label})" if n else f"{label}"
@@ -97,9 +108,11 @@ class StyleControl:
         checked); photo: (instance ids int64 [N], mean features [N, feat_num]) of a style photo."""
         self.feat_num = feat_num
         self.seed = int(seed)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = _normalise(device)
         features = {int(k): torch.as_tensor(v, dtype=torch.float32) for k, v in
                     (features or {}).items() if len(v)}
+        if any(k < 0 for k in features):
+            raise ValueError(f"feature dictionary: negative label ids {sorted(k for k in features if k < 0)}")
         # Padded table [L, K, F] with the cluster count per label; label ids index it directly.
         L = max(features, default=-1) + 1
         K = max((v.shape[0] for v in features.values()), default=1)
@@ -121,8 +134,11 @@ class StyleControl:
             ulab, inv = torch.unique(labels, return_inverse=True)
             lsum = torch.zeros(ulab.numel(), feat_num).index_add_(0, inv, means)
             lmean = lsum / torch.bincount(inv, minlength=ulab.numel())[:, None].float()
-            self._host.update(photo_ids=ids, photo_means=means, photo_labels=ulab,
-                              photo_label_means=lmean)
+            # Tables for feature_scatter, with a last column of ones that marks "found".
+            one = torch.ones(ids.numel(), 1)
+            self._host.update(photo_ids=ids[None], photo_table=torch.cat([means, one], 1)[None],
+                              photo_labels=ulab[None],
+                              photo_label_table=torch.cat([lmean, one[: ulab.numel()]], 1)[None])
         self._tables: dict[torch.device, dict] = {}
         self._tables_for(self.device)
 
@@ -197,6 +213,8 @@ class StyleControl:
     # ------------------------------------------------------------------ the feature map
 
     def _tables_for(self, device: torch.device) -> dict:
+        """The tables on `device`: made once per device (here, at construction), then reused."""
+        device = _normalise(device)
         t = self._tables.get(device)
         if t is None:
             t = {k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -220,23 +238,19 @@ class StyleControl:
         random = instance_hash(self.seed, ids) % k.clamp_min(1)
         fixed = t["fixed"][labc]
         pick = torch.where(fixed >= 0, fixed, random)
-        feat = t["centres"][labc * t["K"] + pick]                    # [B,1,H,W,F]
-        feat = feat * (k > 0).unsqueeze(-1)
+        feat = torch.nn.functional.embedding(labc * t["K"] + pick, t["centres"])  # [B,1,H,W,F]
+        feat = feat.squeeze(1).permute(0, 3, 1, 2) * (k > 0)
         if "photo_ids" in t:
-            feat = torch.where(*self._photo_lookup(t, ids, lab), feat)
-        return feat.squeeze(1).permute(0, 3, 1, 2).contiguous()
-
-    @staticmethod
-    def _photo_lookup(t: dict, ids: torch.Tensor, lab: torch.Tensor):
-        """-> (mask [B,1,H,W,1], photo features [B,1,H,W,F]): the same instance id in the photo,
-        else the photo's mean over the same label; sorted lookups, no synchronisation."""
-        def find(keys, values, query):
-            pos = torch.searchsorted(keys, query.contiguous()).clamp_max(keys.numel() - 1)
-            return keys[pos] == query, values[pos]
-        hit_id, by_id = find(t["photo_ids"], t["photo_means"], ids)
-        hit_lab, by_lab = find(t["photo_labels"], t["photo_label_means"], lab)
-        value = torch.where(hit_id.unsqueeze(-1), by_id, by_lab)
-        return (hit_id | hit_lab).unsqueeze(-1), value
+            # The same instance id in the photo, else the photo's mean over the same label: sorted
+            # lookups per pixel (the feature_scatter kernel), no synchronisation.
+            F = self.feat_num
+            by_id = feature_scatter(inst, t["photo_ids"].expand(B, -1),
+                                    t["photo_table"].expand(B, -1, -1))
+            by_lab = feature_scatter(lab, t["photo_labels"].expand(B, -1),
+                                     t["photo_label_table"].expand(B, -1, -1))
+            feat = torch.where(by_id[:, F:] > 0, by_id[:, :F],
+                               torch.where(by_lab[:, F:] > 0, by_lab[:, :F], feat))
+        return feat.contiguous()
 
 
 def photo_instance_means(info, style_image: Path, style_inst: Path | None, encoder
