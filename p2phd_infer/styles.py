@@ -112,7 +112,8 @@ class StyleControl:
         features = {int(k): torch.as_tensor(v, dtype=torch.float32) for k, v in
                     (features or {}).items() if len(v)}
         if any(k < 0 for k in features):
-            raise ValueError(f"feature dictionary: negative label ids {sorted(k for k in features if k < 0)}")
+            bad = sorted(k for k in features if k < 0)
+            raise ValueError(f"feature dictionary: negative label ids {bad}")
         # Padded table [L, K, F] with the cluster count per label; label ids index it directly.
         L = max(features, default=-1) + 1
         K = max((v.shape[0] for v in features.values()), default=1)
