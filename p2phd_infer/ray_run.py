@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 import uuid
+import warnings
 from concurrent.futures import Future
 from pathlib import Path, PurePosixPath
 
@@ -417,13 +418,20 @@ def run_on_ray(labels, out, *, address: str | None = None, instances=None, engin
                             engine=str(engine_path or "demo"), seed=seed, style=style)
 
     ds = ray.data.from_items(todo)
-    ds = ds.map_batches(
-        SynthesisWorker, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
-        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_workers),
-        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
-        # A dead actor is restarted; the batches it held are retried on it, each a bounded number
-        # of times, so a frame that crashes its worker every time ends the job instead of looping.
-        max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
+    stage = dict(fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
+                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_workers),
+                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
+    # A dead actor is restarted and the batches it held are retried on it, each a bounded number
+    # of times, so a frame that crashes its worker every time ends the job instead of looping.
+    # Ray Data plans to drop these actor options (2.64); without them its own default applies:
+    # restart and retry without limit.
+    retries = dict(max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        try:
+            ds = ds.map_batches(SynthesisWorker, **stage, **retries)
+        except TypeError:
+            ds = ds.map_batches(SynthesisWorker, **stage)
     t0 = time.perf_counter()
     seen_errors: set[str] = set()
     try:
