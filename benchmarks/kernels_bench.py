@@ -194,8 +194,8 @@ def run(height: int = 1024, width: int = 2048, batch: int = 1, instances: int = 
 
 def markdown(result: dict) -> str:
     B, H, W = result["size"]
-    lines = [f"Kernels at batch {B} of {W}x{H}, {result['instances']} instance ids, on {result['device']}; "
-             f"copy bandwidth {result['copy_bandwidth_GBps']} GB/s; {result['note']}.", "",
+    lines = [f"Kernels at batch {B} of {W}x{H}, {result['instances']} instance ids, "
+             f"on {result['device']}; copy bandwidth {result['copy_bandwidth_GBps']} GB/s; {result['note']}.", "",
              "| kernel | way | ms | x floor |", "| --- | --- | ---: | ---: |"]
     floors = {r["kernel"]: r["ms"] for r in result["rows"] if r["way"] == "bandwidth floor"}
     for r in result["rows"]:

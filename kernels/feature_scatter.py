@@ -89,7 +89,8 @@ def _feature_scatter_triton(inst, inst_ids, table):
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _feature_scatter_kernel[grid](inst.contiguous(), ids.contiguous(), perm.contiguous(),
                                       table.contiguous(), out, N, K, F, K.bit_length(),
-                                      F_PAD=f_pad, BLOCK=block)
+                                      F_PAD=f_pad, BLOCK=block,
+                                      num_warps=8 if block >= 512 else 4)
     return out
 
 

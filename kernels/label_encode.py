@@ -60,7 +60,8 @@ def _label_encode_triton(label, inst, label_nc, use_instance, dtype):
     dev = label.device
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _label_encode_kernel[grid](label, inst, out, H, W, N, label_nc,
-                                   USE_INSTANCE=int(use_instance), BLOCK=block)
+                                   USE_INSTANCE=int(use_instance), BLOCK=block,
+                                   num_warps=8 if block >= 512 else 4)
     return out
 
 

@@ -37,7 +37,7 @@ else:
     DEV, WHY = None, "no CUDA, and TRITON_INTERPRET=1 was not set before triton was imported"
 needs_triton = pytest.mark.skipif(DEV is None, reason=WHY)
 needs_cuda = pytest.mark.skipif(not CUDA or triton is None,
-                                reason="needs a CUDA GPU with triton (compiled kernels, CUDA graphs)")
+                                reason="needs a CUDA GPU and triton (compiled kernels, graphs)")
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-3, atol=1e-3),
        torch.bfloat16: dict(rtol=8e-3, atol=8e-3)}
@@ -89,7 +89,8 @@ def naive_label_encode(label, inst, label_nc, use_instance):
                 if use_instance:
                     me = int(inst[b, 0, y, x])
                     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-                        if 0 <= y + dy < H and 0 <= x + dx < W and int(inst[b, 0, y + dy, x + dx]) != me:
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < H and 0 <= xx < W and int(inst[b, 0, yy, xx]) != me:
                             out[b, label_nc, y, x] = 1
     return out
 
@@ -149,7 +150,8 @@ def test_instance_mean_one_instance():
     inst = torch.full((1, 1, 16, 16), 7, dtype=torch.int32)
     _check_mean(feat, inst)
     got = instance_mean(feat.to(DEV), inst.to(DEV), backend="triton").cpu()
-    torch.testing.assert_close(got, feat.mean((2, 3), keepdim=True).expand_as(feat), **TOL[feat.dtype])
+    want = feat.mean((2, 3), keepdim=True).expand_as(feat)
+    torch.testing.assert_close(got, want, **TOL[feat.dtype])
 
 
 @needs_triton
@@ -304,7 +306,7 @@ def test_feature_scatter_matches_reference(dtype, F):
 def test_feature_scatter_table_sizes(K):
     g = gen(20 + K)
     inst = (torch.randint(0, 400, (2, 1, 12, 16), generator=g) + 26000).to(torch.int32)
-    inst_ids = (torch.randperm(400, generator=g)[:K] + 26000).to(torch.int32).expand(2, K).contiguous()
+    inst_ids = (torch.randperm(400, generator=g)[:K] + 26000).to(torch.int32).expand(2, K)
     table = torch.randn(2, K, 3, generator=g)
     got = feature_scatter(inst.to(DEV), inst_ids.to(DEV), table.to(DEV), backend="triton").cpu()
     assert torch.equal(got, feature_scatter_reference(inst, inst_ids, table))
