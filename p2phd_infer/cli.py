@@ -56,6 +56,9 @@ def import_official_cmd(generator, encoder, features, label_nc, no_instance, out
 def _register():
     from .run_command import run_cmd
     main.add_command(run_cmd)
+    from .train.cli import make_scenes_cmd, train_cmd
+    main.add_command(train_cmd)
+    main.add_command(make_scenes_cmd)
     from .train.features import features_cmd
     main.add_command(features_cmd)
     from .export.commands import export_cmd

@@ -346,8 +346,10 @@ def train(opts: TrainOptions) -> Path:
 
     def save(last_batch) -> Path:
         model_path = run_dir / "model.pt"
+        # How the photos were loaded: the feature dictionary must load them the same way.
         info = {"stage": opts.stage, "step": step, "epoch": step / steps_per_epoch,
-                "train_seconds": round(train_seconds, 1)}
+                "train_seconds": round(train_seconds, 1), "resize_or_crop": opts.resize_or_crop,
+                "load_size": opts.load_size, "dataset_mode": opts.dataset_mode}
         save_checkpoint(Checkpoint(
             cfg, G.state_dict(), E.state_dict() if E is not None else None, None,
             CITYSCAPES_NAMES if cfg.label_nc == 35 else None, {"train_info": info}), model_path)
