@@ -37,8 +37,9 @@ def edge_map(inst: torch.Tensor) -> torch.Tensor:
     Both sides of a boundary are marked; the image border is not."""
     horiz = inst[..., :, 1:] != inst[..., :, :-1]      # [B,1,H,W-1]
     vert = inst[..., 1:, :] != inst[..., :-1, :]       # [B,1,H-1,W]
-    zc = torch.zeros_like(horiz[..., :, :1])
-    zr = torch.zeros_like(vert[..., :1, :])
+    # Border padding built from `inst`'s own slices so 1-pixel-wide maps keep their shape.
+    zc = torch.zeros_like(inst[..., :, :1], dtype=torch.bool)
+    zr = torch.zeros_like(inst[..., :1, :], dtype=torch.bool)
     left = torch.cat([zc, horiz], dim=-1)              # differs from the left neighbour
     right = torch.cat([horiz, zc], dim=-1)             # differs from the right neighbour
     up = torch.cat([zr, vert], dim=-2)

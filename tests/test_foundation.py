@@ -191,6 +191,9 @@ def test_edge_map_and_one_hot_against_plain_reference():
                 for x in range(17):
                     ref[b, label[b, 0, y, x], y, x] = 1
         assert np.array_equal(oh, ref)
+    for shape in [(1, 1, 1, 6), (1, 1, 6, 1), (1, 1, 1, 1)]:       # thin maps keep their shape
+        thin = rng.integers(0, 3, shape)
+        assert np.array_equal(edge_map(torch.from_numpy(thin))[0, 0].numpy(), edge_reference(thin[0, 0]))
     x = encode_labels(torch.from_numpy(label).int(), torch.from_numpy(inst).int(), 7, True,
                       torch.ones(2, 2, 13, 17), torch.float16)
     assert x.shape == (2, 10, 13, 17) and x.dtype == torch.float16
