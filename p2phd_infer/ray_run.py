@@ -176,7 +176,6 @@ class SynthesisWorker:
         self.fmt, self.quality = spec["fmt"], spec["quality"]
         self.init_error = None
         self._filesystems = Filesystems()
-        self._tmp = tempfile.mkdtemp(prefix="p2phd-ray-")
         try:
             device = "cuda" if spec["gpus_per_worker"] > 0 else "cpu"
             if device == "cpu" and spec["cpus_per_worker"]:
@@ -191,7 +190,7 @@ class SynthesisWorker:
                                    style=style, jpeg_quality=self.quality)
             self.cfg = engine.config
         except Exception as e:  # noqa: BLE001 - reported on every row, once by the driver
-            self.init_error = f"the worker could not open the engine: {e.__class__.__name__}: {e}"
+            self.init_error = f"the worker could not start: {e.__class__.__name__}: {e}"
 
     def __call__(self, batch: dict) -> dict:
         names = [str(n) for n in batch["name"]]
@@ -255,14 +254,14 @@ class SynthesisWorker:
                 data = f.read()
         except Exception as e:  # noqa: BLE001 - missing, no permission, network
             raise InputError(uri, f"could not be read ({e.__class__.__name__}: {e})") from None
-        tmp = Path(self._tmp) / f"{uuid.uuid4().hex}.png"
-        tmp.write_bytes(data)
-        try:
-            return read_id_png(tmp)
-        except InputError as e:
-            raise InputError(uri, e.fault) from None
-        finally:
-            tmp.unlink()
+        # read_id_png takes a path: the bytes go through a local temporary file.
+        with tempfile.NamedTemporaryFile(suffix=".png") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            try:
+                return read_id_png(tmp.name)
+            except InputError as e:
+                raise InputError(uri, e.fault) from None
 
     def _exists(self, out: str) -> bool:
         if not is_uri(out):
@@ -447,12 +446,13 @@ def run_on_ray(labels, out, *, address: str | None = None, instances=None, engin
                 on_failure(message)
             seen_errors.add(message)     # a worker's engine error would repeat on every frame
     except Exception as e:  # noqa: BLE001 - Ray wraps the cause in long multi-line errors
+        remove_stray_temps(todo)    # the job's actors are gone
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise RayJobError(f"the Ray job stopped ({e.__class__.__name__}: "
                           f"{lines[-1] if lines else e}); outputs already written stay, rerun "
                           f"the command to finish the rest") from e
-    finally:
-        remove_stray_temps(todo)
+    # Not on Ctrl-C: actors may still be writing until Ray reaps them; the next run cleans up.
+    remove_stray_temps(todo)
     summary.seconds = time.perf_counter() - t0
     summary.frames_per_second = summary.written / summary.seconds if summary.seconds else 0.0
     return summary
@@ -483,6 +483,8 @@ def run_on_ray_cli(*, labels, out, ray_address, num_workers, gpus_per_worker, en
         raise fail("--device cpu with --gpus-per-worker: choose one")
     if device == "cpu":
         gpus_per_worker = 0.0
+    elif str(device).startswith("cuda") and gpus_per_worker is None:
+        gpus_per_worker = 1.0       # Ray picks each actor's GPU; an index in --device is moot
     if labels is None:
         labels = _sample_labels()
         instances = instances or str(_sample_labels().parent / "instances")
