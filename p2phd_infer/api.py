@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .engines import Engine, open_engine
-from .runtime import Runtime
+from .runtime import Runtime, concrete_device
 from .synthesizer import to_uint8
 
 
@@ -62,7 +62,7 @@ class Pix2PixHD:
 
     @property
     def device(self) -> torch.device:
-        return torch.device(self.engine.device)
+        return concrete_device(self.engine.device)
 
     @property
     def config(self):

@@ -72,6 +72,15 @@ class OutputError(RuntimeError):
         super().__init__(f"{path}: could not write the output ({error.__class__.__name__}: {error})")
 
 
+def concrete_device(device) -> torch.device:
+    """'cuda' -> 'cuda:N' (the current device): tensors always carry an index, so comparisons
+    and torch.cuda.set_device need one."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
@@ -122,7 +131,7 @@ class Runtime:
             raise ValueError("max_batch_size must be >= 1 and max_queue_delay_us >= 0")
         self.engine = engine
         self.cfg = engine.config
-        self.device = torch.device(engine.device)
+        self.device = concrete_device(engine.device)
         info = engine.info
         if info.max_batch is not None:
             max_batch_size = min(max_batch_size, info.max_batch)
