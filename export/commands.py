@@ -57,9 +57,7 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
                    "--format tensorrt)")
     try:
         ckpt = load_checkpoint(engine_path)
-        if fmt == "tensorrt":
-            from p2phd_infer.engine_tensorrt import import_tensorrt
-            import_tensorrt()       # fail before the slow export when the package is missing
+        _validate(ckpt, fmt, height, width, fp16, device, graph)
         with tqdm(total=3, desc=f"export {fmt}", unit="step", leave=False) as bar:
             engine = _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph,
                              timing_cache, bar)
@@ -80,6 +78,31 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
                    f"{result['max_abs']:.2e}, PSNR {result['psnr_db']:.1f} dB")
 
 
+def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
+    """The cheap checks, before any slow work (and before the progress bar)."""
+    from .graphs import check_size
+    check_size(ckpt.config, height, width, graph)
+    if graph == "style" and (ckpt.config.feat_num <= 0 or ckpt.encoder is None):
+        raise ValueError("--graph style needs a model with an encoder (feat_num > 0 and encoder "
+                         "weights in the checkpoint)")
+    if fmt == "aoti" and fp16 and _aoti_device(device) != "cuda":
+        raise ValueError("fp16 AOTInductor packages are built for CUDA (--device cuda)")
+    if fmt == "tensorrt":
+        from p2phd_infer.engine_tensorrt import import_tensorrt
+        import_tensorrt()           # a missing package fails before the slow export
+        if not torch.cuda.is_available():
+            raise ValueError("building a TensorRT engine needs a CUDA GPU; none is visible")
+
+
+def _aoti_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
 def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timing_cache, bar):
     from p2phd_infer.engines import open_engine
     from .onnx_export import export_onnx
@@ -91,8 +114,7 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
         return open_engine(out, "cpu")
     if fmt == "aoti":
         from .aoti_export import export_aoti
-        dev = "cuda" if device == "auto" and torch.cuda.is_available() else \
-            ("cpu" if device == "auto" else device)
+        dev = device if device != "auto" else _aoti_device(device)
         bar.set_postfix_str(f"AOTInductor compile for {dev}")
         export_aoti(ckpt, out, height, width, max_batch, graph, dev, bool(fp16))
         bar.update(1)
