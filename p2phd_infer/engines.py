@@ -67,7 +67,9 @@ class TorchEngine(Engine):
     """The PyTorch generator from a model.pt: eager or torch.compile, fp32 or fp16."""
 
     def __init__(self, ckpt: Checkpoint | str | Path, device: str | torch.device | None = None,
-                 fp16: bool = False, compile: bool = False):
+                 fp16: bool = False, compile: bool = False, fast: bool | None = None):
+        # fast (default: on CUDA): the same function through engine_fast.FastEngine (label
+        # lookups, fused InstanceNorm, channels_last, CUDA graphs); fast=False opts out.
         if not isinstance(ckpt, Checkpoint):
             ckpt = load_checkpoint(ckpt)
         self.checkpoint = ckpt
@@ -80,6 +82,12 @@ class TorchEngine(Engine):
         if self.encoder is not None:
             self.encoder = self.encoder.to(self.device).eval()
         self._forward = torch.compile(self.model) if compile else self.model
+        self.fast = self.device.type == "cuda" if fast is None else fast
+        if self.fast:
+            from .engine_fast import FastEngine
+            self._forward = FastEngine(ckpt, self.device, "fp16" if fp16 else "fp32",
+                                       compile="default" if compile else None,
+                                       generator=self.model.generator)
 
     @torch.inference_mode()
     def __call__(self, label, inst, feat=None):
