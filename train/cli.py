@@ -1,6 +1,8 @@
 """`p2phd-infer train` and `p2phd-infer make-scenes` (also `python -m p2phd_infer.train`)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from p2phd_infer.checkpoint import CheckpointError
@@ -104,4 +106,5 @@ def train_cmd(no_progress, **kw):
         raise _fail(str(e))
     except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
         raise _fail(str(e).splitlines()[0] if not isinstance(e, ValueError) else str(e))
-    click.echo(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":      # torchrun: one line, from rank 0
+        click.echo(f"wrote {path}")
