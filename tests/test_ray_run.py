@@ -45,7 +45,7 @@ def cluster(tmp_path_factory):
     crash = tmp_path_factory.mktemp("drill") / "crash-once"
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {CRASH_FILE_ENV: str(crash), "OMP_NUM_THREADS": "1"}})
     yield crash
     ray.shutdown()
