@@ -248,7 +248,10 @@ def train(opts: TrainOptions) -> Path:
     precision = pick_precision(opts.precision, device)
     main_process = rank == 0
 
-    cfg, g1_ckpt = resolve_config(opts)
+    if state is not None:        # the architecture of the run being resumed, G1 included
+        cfg, g1_ckpt = ModelConfig.from_dict(state["config"]), None
+    else:
+        cfg, g1_ckpt = resolve_config(opts)
     enhancers = cfg.enhancers
 
     # Networks. Same seed on every rank, and DDP broadcasts rank 0's weights anyway.
