@@ -44,10 +44,29 @@ from p2phd_infer.frames import Frame
 from p2phd_infer.networks import build_generator
 from p2phd_infer.run_command import synthesize_frames
 
-BUILDERS = {   # engine kind -> (module, function) in p2phd_infer.export, used when present
-    "onnx": ("p2phd_infer.export.onnx_export", "export_onnx"),
-    "aoti": ("p2phd_infer.export.aoti_export", "export_aoti"),
-}
+BUILDERS = ("onnx", "aoti", "aoti-fp16", "tensorrt")   # engines p2phd_infer.export can build
+
+
+def build_engine_file(kind: str, ckpt: Checkpoint, work: Path, H: int, W: int, max_batch: int,
+                      device: torch.device) -> Path:
+    """Export `kind` with p2phd_infer.export (ImportError when that module is absent)."""
+    if kind in ("onnx", "tensorrt"):
+        from p2phd_infer.export.onnx_export import export_onnx
+        onnx_path = work / "built.onnx"
+        if not onnx_path.exists():
+            export_onnx(ckpt, onnx_path, H, W, max_batch=max_batch)
+        if kind == "onnx":
+            return onnx_path
+        from p2phd_infer.export.tensorrt_build import build_tensorrt
+        plan = work / "built.plan"
+        build_tensorrt(onnx_path, plan, max_batch=max_batch, fp16=True, device=device,
+                       log=lambda *a, **k: None)
+        return plan
+    from p2phd_infer.export.aoti_export import export_aoti
+    fp16 = kind == "aoti-fp16"
+    target = work / f"built{'_fp16' if fp16 else ''}.pt2"
+    export_aoti(ckpt, target, H, W, max_batch=max_batch, device=device, fp16=fp16)
+    return target
 
 
 @dataclass
@@ -343,22 +362,11 @@ def engine_specs(ckpt: Checkpoint, ckpt_name: str, device: torch.device, precisi
         specs.append(EngineSpec(Path(p).name, "file", lambda p=p: open_engine(p, device)))
     H, W = size
     for kind in builds:
-        module, fn = BUILDERS[kind]
-        try:
-            build = getattr(__import__(module, fromlist=[fn]), fn)
-        except (ImportError, AttributeError) as e:
-            specs.append(EngineSpec(kind, "-", None, f"not built: {module}.{fn} unavailable ({e})"))
+        if kind in ("aoti-fp16", "tensorrt") and device.type != "cuda":
             continue
-        target = work / f"built.{'pt2' if kind == 'aoti' else kind}"
-
-        def make(build=build, kind=kind, target=target):
-            if not target.exists():
-                if kind == "aoti":
-                    build(ckpt, target, H, W, max_batch=max_batch, device=device)
-                else:
-                    build(ckpt, target, H, W, max_batch=max_batch)
-            return open_engine(target, device)
-        specs.append(EngineSpec(f"{kind} (built here)", "fp32", make))
+        specs.append(EngineSpec(f"{kind} (built here)", "file",
+                                lambda kind=kind: open_engine(build_engine_file(
+                                    kind, ckpt, work, H, W, max_batch, device), device)))
     return specs
 
 
@@ -375,7 +383,9 @@ def markdown(meta: dict, rows: list[Row]) -> str:
                      f"| {r.ms_per_frame:.2f} | {r.frames_per_s:.2f} | {r.vs_baseline:.2f} "
                      f"| {r.peak_mem_mib:.0f} | {r.note} |")
     lines += ["", f"× baseline: the baseline's ms/frame divided by the row's (same mode and "
-                  f"format); above 1 is faster. Peak memory: {rows[0].mem_kind if rows else ''}."]
+                  f"format); above 1 is faster. Peak memory: {rows[0].mem_kind if rows else ''}"
+                  f" (on CUDA, ONNX Runtime and TensorRT workspaces outside torch's allocator "
+                  f"are not counted)."]
     return "\n".join(lines) + "\n"
 
 
@@ -394,8 +404,9 @@ def parse_size(text: str) -> tuple[int, int]:
               help="model.pt to time (default: random weights in the official shape).")
 @click.option("--engine", "engine_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Engine files (.pt2, .onnx, .plan) to time as well; repeatable.")
-@click.option("--build", default="onnx,aoti", show_default=True,
-              help="Engines to build on the fly with p2phd_infer.export ('' for none).")
+@click.option("--build", default="onnx,aoti,aoti-fp16,tensorrt", show_default=True,
+              help="Engines to build on the fly with p2phd_infer.export ('' for none); fp16 AOTI "
+                   "and TensorRT on CUDA only.")
 @click.option("--batch-sizes", default="1,2,4,8", show_default=True)
 @click.option("--precisions", default="fp32,tf32,fp16", show_default=True,
               help="tf32 and fp16 run on CUDA only.")
@@ -493,10 +504,6 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
         del base
         for spec in engine_specs(ckpt, ckpt_name, dev, precs, compile_, engine_paths, builds,
                                  (H, W), max(batches), tmp):
-            if spec.make is None:
-                skipped.append(f"{spec.name}: {spec.note}")
-                click.echo(f"skip {spec.name}: {spec.note}", err=True)
-                continue
             click.echo(f"{spec.name} {spec.precision}", err=True)
             try:
                 engine = spec.make()
@@ -505,6 +512,8 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
                 click.echo(f"skip {spec.name}: {e}", err=True)
                 continue
             precision = engine.info.precision if spec.precision == "file" else spec.precision
+            providers = getattr(engine, "providers", None)     # ONNX Runtime: which one ran
+            note = f"{providers[0]}" if providers else ""
             for b in batches:
                 if engine.info.max_batch is not None and b > engine.info.max_batch:
                     continue
@@ -512,6 +521,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
                     r = off_main(engine_only, engine, spec.name, precision, label, inst, b,
                                  warmup, frames, dev)
                     r.vs_baseline = b_eng.ms_per_frame / r.ms_per_frame
+                    r.note = note
                     rows.append(r)
                     say(r)
                     for fmt in fmts:
