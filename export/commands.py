@@ -85,8 +85,12 @@ def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
     if graph == "style" and (ckpt.config.feat_num <= 0 or ckpt.encoder is None):
         raise ValueError("--graph style needs a model with an encoder (feat_num > 0 and encoder "
                          "weights in the checkpoint)")
-    if fmt == "aoti" and fp16 and _aoti_device(device) != "cuda":
-        raise ValueError("fp16 AOTInductor packages are built for CUDA (--device cuda)")
+    if fmt == "aoti":
+        dev = torch.device(_aoti_device(device))
+        if fp16 and dev.type != "cuda":
+            raise ValueError("fp16 AOTInductor packages are built for CUDA (--device cuda)")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but this PyTorch sees no CUDA device")
     if fmt == "tensorrt":
         from p2phd_infer.engine_tensorrt import import_tensorrt
         import_tensorrt()           # a missing package fails before the slow export
@@ -98,7 +102,7 @@ def _aoti_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device).type
+        return str(torch.device(device))
     except RuntimeError:
         raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
 
@@ -114,7 +118,7 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
         return open_engine(out, "cpu")
     if fmt == "aoti":
         from .aoti_export import export_aoti
-        dev = device if device != "auto" else _aoti_device(device)
+        dev = _aoti_device(device)
         bar.set_postfix_str(f"AOTInductor compile for {dev}")
         export_aoti(ckpt, out, height, width, max_batch, graph, dev, bool(fp16))
         bar.update(1)
