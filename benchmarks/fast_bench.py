@@ -11,12 +11,13 @@ Rows, in this order (each row's failure is recorded and the run goes on; JSON an
 rewritten after every row, so a run cut short keeps what it measured):
   official fp32 eager (TF32 off)       the reference, and the anchor's 75.3 ms
   official fp16 eager                  the anchor's 30.1 ms
-  fast fp16, all levers, CUDA graph    batch 1, 2, 4 (--batches)
+  fast fp16 (engine defaults), CUDA graph    batch 1, 2, 4 (--batches); the engine's defaults
   fast fp16 without the CUDA graph
-  fast fp16, lookup_full off / lookup_pooled off / both off (dense one-hot + cuDNN instead)
+  fast fp16, lookup_full off (dense one-hot + cuDNN for G2's first layer instead)
+  fast fp16, lookup_pooled on (G1's first layer as a pooled lookup instead of dense + cuDNN)
   fast fp16, fused InstanceNorm off (torch instance_norm + pad)
   fast fp16, NCHW (channels_last off)
-  fast bf16, all levers, CUDA graph
+  fast bf16 (engine defaults), CUDA graph
   official fp16 torch.compile default  (--compile, default on)
   fast fp16 + torch.compile default, CUDA graph  (--compile)
   official fp16 channels_last torch.compile max-autotune  (--max-autotune: ~2 min to compile)
@@ -248,14 +249,13 @@ def main(out_dir, size, batches, iters, warmup, compile_, max_autotune, only, qu
     row("official fp32 eager (TF32 off)", official(torch.float32), is_ref=True)
     row("official fp16 eager", official(torch.float16))
     for b in bs:
-        row("fast fp16, all levers, CUDA graph", fast(), batch=b)
+        row("fast fp16 (engine defaults), CUDA graph", fast(), batch=b)
     row("fast fp16, no CUDA graph", fast(cuda_graphs=False))
-    row("fast fp16, lookup_full off", fast(lookup_full=False))
-    row("fast fp16, lookup_pooled off", fast(lookup_pooled=False))
-    row("fast fp16, both lookups off", fast(lookup_full=False, lookup_pooled=False))
+    row("fast fp16, lookup_full off (dense one-hot + cuDNN)", fast(lookup_full=False))
+    row("fast fp16, lookup_pooled on (G1 first layer as lookup)", fast(lookup_pooled=True))
     row("fast fp16, fused IN off", fast(fused_norm=False))
     row("fast fp16, NCHW", fast(channels_last=False))
-    row("fast bf16, all levers, CUDA graph", fast("bf16"))
+    row("fast bf16 (engine defaults), CUDA graph", fast("bf16"))
     if compile_:
         row("official fp16 torch.compile default", official(torch.float16, compile_mode="default"))
         row("fast fp16 + torch.compile default, CUDA graph", fast(compile="default"))

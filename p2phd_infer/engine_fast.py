@@ -39,7 +39,7 @@ class FastEngine(Engine):
     def __init__(self, ckpt: Checkpoint | str | Path, device: str | torch.device | None = None,
                  precision: str = "fp16", cuda_graphs: bool = True, compile: str | None = None,
                  channels_last: bool = True, lookup_full: bool = True,
-                 lookup_pooled: bool = True, fused_norm: bool = True,
+                 lookup_pooled: bool = False, fused_norm: bool = True,
                  generator: torch.nn.Module | None = None, copy_output: bool = True,
                  backend: str = "auto"):
         if not isinstance(ckpt, Checkpoint):

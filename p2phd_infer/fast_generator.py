@@ -87,6 +87,11 @@ class FastGenerator(nn.Module):
 
     dtype: compute dtype of the convolutions (fp32, fp16, bf16); statistics and lookups sum in
     fp32. device: where it runs (fixed at construction; the lookup tables are built there).
+    lookup_full: the full-resolution first layer (G2's front, or G1 of a global model) as a table
+    lookup; lookup_pooled: G1's first layer on the pooled one-hot too. Off by default: its 441
+    gathers per pixel (49 taps x a 3x3 window) are predicted to lose to one Triton pass writing
+    the pooled one-hot (36 -> 40 channels) plus a cuDNN convolution; benchmarks/fast_bench.py
+    measures both.
     backend: "auto" (Triton kernels on CUDA, references elsewhere), "triton" (also on the CPU
     under TRITON_INTERPRET=1, for tests) or "torch" (references only).
     """
@@ -94,7 +99,7 @@ class FastGenerator(nn.Module):
     def __init__(self, cfg: ModelConfig, generator: nn.Module | dict | Checkpoint,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16,
                  channels_last: bool = True, backend: str = "auto", lookup_full: bool = True,
-                 lookup_pooled: bool = True, fused_norm: bool = True):
+                 lookup_pooled: bool = False, fused_norm: bool = True):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

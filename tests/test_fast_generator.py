@@ -91,10 +91,10 @@ def test_reference_walk_equals_synthesizer(gen, cfg):
 
 @needs_triton
 @pytest.mark.parametrize("cfg,levers", [
-    (LOCAL, {}),
-    (GLOBAL_FEAT, {"lookup_full": False, "fused_norm": True}),
-    (LOCAL, {"lookup_pooled": False, "fused_norm": False}),
-], ids=["local-all-levers", "global-feat-dense-first", "local-dense-g1-torch-norm"])
+    (LOCAL, {"lookup_pooled": True}),
+    (GLOBAL_FEAT, {"lookup_full": False}),
+    (LOCAL, {"fused_norm": False}),
+], ids=["local-all-lookups", "global-feat-dense-first", "local-defaults-torch-norm"])
 def test_triton_path_equals_synthesizer(gen, cfg, levers):
     g = _model(gen, cfg)
     B, H, W = (1, 24, 20) if TRITON_DEV == "cpu" else (2, 64, 96)
