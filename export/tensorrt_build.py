@@ -93,7 +93,8 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
         parser = trt.OnnxParser(network, logger)
         parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
         if not parser.parse_from_file(str(onnx_path)):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            errors = "; ".join(_parser_error(parser.get_error(i))
+                               for i in range(parser.num_errors))
             raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
         config = builder.create_builder_config()
         if fp16:
@@ -128,6 +129,12 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
         write_atomic_text(sidecar_path(out), info_to_json(info))
         _write_bytes_atomic(out, memoryview(plan))
     return out
+
+
+def _parser_error(error) -> str:
+    desc = error.desc() if hasattr(error, "desc") else str(error)
+    node = error.node_name() if hasattr(error, "node_name") else ""
+    return f"{desc} (node {node})" if node else desc
 
 
 def _write_bytes_atomic(path: Path, data) -> None:

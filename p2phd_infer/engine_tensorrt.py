@@ -16,7 +16,7 @@ import torch
 
 from .engines import Engine, EngineError, resolve_device
 
-INSTALL_HINT = "pip install tensorrt (TensorRT 10), or pip install 'p2phd-infer[gpu]'"
+INSTALL_HINT = "pip install 'tensorrt>=10,<11' (TensorRT 10), or pip install 'p2phd-infer[gpu]'"
 
 
 def import_tensorrt():
@@ -25,7 +25,7 @@ def import_tensorrt():
     except ImportError:
         raise EngineError(f"TensorRT engines need the tensorrt package: {INSTALL_HINT}") from None
     major = int(str(tensorrt.__version__).split(".")[0])
-    if major != 10:
+    if major != 10:     # 11 drops the weakly typed FP16 builder flag and per-layer precisions
         raise EngineError(f"this release builds and runs TensorRT 10 engines; tensorrt "
                           f"{tensorrt.__version__} is installed ({INSTALL_HINT})")
     return tensorrt

@@ -34,7 +34,7 @@ def test_missing_package_is_a_clear_error(tmp_path, no_tensorrt):
     with pytest.raises(EngineError, match="model.plan.json is missing"):
         open_engine(plan)
     write_atomic_text(sidecar_path(plan), info_to_json(info))
-    with pytest.raises(EngineError, match=r"pip install tensorrt"):
+    with pytest.raises(EngineError, match=r"pip install 'tensorrt>=10,<11'"):
         open_engine(plan)
 
 
@@ -45,7 +45,7 @@ def test_export_tensorrt_without_package_is_one_line(tmp_path, no_tensorrt):
                                     "tensorrt", "--out", str(tmp_path / "m.plan"), "--height",
                                     "32", "--width", "64"], catch_exceptions=False)
     assert res.exit_code == 2
-    assert "pip install tensorrt" in res.output and "Traceback" not in res.output
+    assert "pip install 'tensorrt>=10,<11'" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*m.plan*"))
 
@@ -131,10 +131,17 @@ def test_keep_fp32_pins_norms_and_the_instance_mean_chain():
 
 # ---------------------------------------------------------------- real plans (GPU + tensorrt)
 
-HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+def have_tensorrt10() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import tensorrt
+    return str(tensorrt.__version__).startswith("10.")
+
+
+HAVE_TRT = have_tensorrt10()
 needs_trt_gpu = pytest.mark.skipif(
     not (HAVE_TRT and torch.cuda.is_available()),
-    reason="needs the tensorrt package (pip install tensorrt) and a CUDA GPU; neither is "
+    reason="needs the tensorrt package (TensorRT 10) and a CUDA GPU; neither is "
            "required for the rest of the suite")
 
 
