@@ -28,7 +28,8 @@ from .config import ModelConfig
 from .kernels._backend import use_triton
 from .kernels.instance_norm import (_format_of, instance_norm_act_reference,
                                     instance_norm_act_triton)
-from .kernels.label_conv import LabelConv, label_codes, label_conv_triton, pooled_size
+from .kernels.label_conv import (LabelConv, encode_codes, label_codes, label_conv_triton,
+                                  pooled_size)
 from .labels import edge_map, encode_labels
 from .networks import ResnetBlock, downsample_2x
 
@@ -60,6 +61,20 @@ def _(code, table, bias, out_channels, pool, add, out_dtype, channels_last):
     OH, OW = (pooled_size(H), pooled_size(W)) if pool else (H, W)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return code.new_empty(B, out_channels, OH, OW, dtype=out_dtype).contiguous(memory_format=fmt)
+
+
+@torch.library.custom_op("p2phd_infer::encode_codes", mutates_args=())
+def _encode_codes_op(code: torch.Tensor, label_nc: int, has_edge: bool, channels: int,
+                     pool: bool, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    return encode_codes(code, label_nc, has_edge, channels, pool, dtype, channels_last)
+
+
+@_encode_codes_op.register_fake
+def _(code, label_nc, has_edge, channels, pool, dtype, channels_last):
+    B, _, H, W = code.shape
+    OH, OW = (pooled_size(H), pooled_size(W)) if pool else (H, W)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return code.new_empty(B, channels, OH, OW, dtype=dtype).contiguous(memory_format=fmt)
 
 
 # --- the generator ---------------------------------------------------------------------------
@@ -160,12 +175,19 @@ class FastGenerator(nn.Module):
     def _first_layer(self, name, conv, level, label, inst, edge, code, feat, triton_ok):
         lc = self._first[name]
         if triton_ok and lc is not None:
-            if lc.lookup and self.use_custom_ops:
-                add = lc.feature_part(feat) if feat is not None else None
+            if not self.use_custom_ops:
+                return lc.from_codes(code, feat, self.dtype, self.channels_last)
+            # The same two paths as LabelConv.from_codes, through the custom ops (compile).
+            add = lc.feature_part(feat) if feat is not None else None
+            if lc.lookup:
                 return torch.ops.p2phd_infer.label_conv(
                     code, lc.table, lc.bias, lc.out_channels, lc.pool, add, self.dtype,
                     self.channels_last)
-            return lc.from_codes(code, feat, self.dtype, self.channels_last)
+            x = torch.ops.p2phd_infer.encode_codes(code, lc.label_nc, lc.use_instance,
+                                                   lc.channels, lc.pool, self.dtype,
+                                                   self.channels_last)
+            out = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), lc.dense_weight, lc.bias)
+            return out if add is None else out + add
         # Reference: the Synthesizer's own encoding and pyramid, then pad + conv.
         x = encode_labels(label, inst, self.cfg.label_nc, self.cfg.use_instance, feat,
                           dtype=self.dtype)

@@ -190,3 +190,38 @@ def test_cuda_compiled_fast_generator(gen):
     a = eager(label.cuda(), inst.cuda()).float()
     b = comp(label.cuda(), inst.cuda()).float()
     assert _psnr(a, b) >= 40
+
+
+@needs_triton
+def test_custom_op_path_equals_direct_path(gen):
+    """The path torch.compile traces (kernels as custom ops) computes what the direct one does."""
+    cfg = GLOBAL_FEAT if TRITON_DEV == "cpu" else LOCAL
+    g = _model(gen, cfg)
+    label, inst, feat = _inputs(gen, cfg, 1, 16, 20)
+    dev = torch.device(TRITON_DEV)
+    args = (label.to(dev), inst.to(dev), None if feat is None else feat.to(dev))
+    for lookup_full in (True, False):
+        fast = FastGenerator(cfg, copy.deepcopy(g), TRITON_DEV, torch.float32, backend="triton",
+                             lookup_full=lookup_full)
+        with torch.no_grad():
+            direct = fast(*args)
+            fast.use_custom_ops = True
+            via_ops = fast(*args)
+        assert torch.equal(direct, via_ops)
+
+
+@needs_triton
+def test_traces_as_one_graph_for_torch_compile(gen):
+    """torch.compile sees the whole forward as one graph (fullgraph: no break at a kernel, a
+    shape read or a host sync); aot_eager runs it without a C++ or GPU code generator."""
+    cfg = LOCAL
+    g = _model(gen, cfg)
+    label, inst, _ = _inputs(gen, cfg, 1, 16, 20)
+    dev = torch.device(TRITON_DEV)
+    fast = FastGenerator(cfg, copy.deepcopy(g), TRITON_DEV, torch.float32, backend="triton")
+    with torch.no_grad():
+        ref = fast(label.to(dev), inst.to(dev))
+        fast.use_custom_ops = True
+        compiled = torch.compile(fast, backend="aot_eager", fullgraph=True, dynamic=False)
+        out = compiled(label.to(dev), inst.to(dev))
+    assert torch.equal(out, ref)
