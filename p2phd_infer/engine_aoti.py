@@ -66,21 +66,7 @@ class AotiEngine(Engine):
 
     def __call__(self, label: torch.Tensor, inst: torch.Tensor,
                  feat: torch.Tensor | None = None) -> torch.Tensor:
-        if self.graph == "style":
-            raise EngineError(f"{self.path}: this is a style-from-photo graph; it needs an example "
-                              f"photo (AotiEngine.style), or export --graph generator for `run`")
-        self.check_shape(label)
-        B, _, H, W = label.shape
-        feeds = {"label": label, "inst": inst}
-        if "feat" in self.input_names:
-            F = self.config.feat_num
-            if feat is None:      # as the PyTorch Synthesizer: no features given, zeros
-                feat = torch.zeros(B, F, H, W, device=self.device)
-            elif tuple(feat.shape) != (B, F, H, W):
-                raise EngineError(f"feat has shape {tuple(feat.shape)}, this engine needs "
-                                  f"{(B, F, H, W)}")
-            feeds["feat"] = feat
-        return self._run(feeds)
+        return self._run(self.generator_feeds(label, inst, feat, "feat" in self.input_names))
 
     def style(self, label, inst, style_image, style_inst) -> torch.Tensor:
         """Style from an example photo (style graphs); see p2phd_infer.export.graphs."""

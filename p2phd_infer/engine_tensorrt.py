@@ -97,15 +97,7 @@ class TensorRTEngine(Engine):
 
     def __call__(self, label: torch.Tensor, inst: torch.Tensor,
                  feat: torch.Tensor | None = None) -> torch.Tensor:
-        if self.graph == "style":
-            raise EngineError(f"{self.path}: this is a style-from-photo engine; it needs an example "
-                              f"photo (TensorRTEngine.style), or export --graph generator for `run`")
-        B, _, H, W = label.shape
-        feeds = {"label": label, "inst": inst}
-        if "feat" in self.inputs:
-            feeds["feat"] = feat if feat is not None else \
-                torch.zeros(B, self.config.feat_num, H, W, device=self.device)
-        return self._run(feeds)
+        return self._run(self.generator_feeds(label, inst, feat, "feat" in self.inputs))
 
     def style(self, label, inst, style_image, style_inst) -> torch.Tensor:
         """Style from an example photo (style engines); see p2phd_infer.export.graphs."""

@@ -45,6 +45,27 @@ class Engine:
                  feat: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def generator_feeds(self, label: torch.Tensor, inst: torch.Tensor, feat: torch.Tensor | None,
+                        takes_feat: bool) -> dict[str, torch.Tensor]:
+        """The inputs of an exported generator graph. A features model given no `feat` gets zeros,
+        as the PyTorch Synthesizer does; a style-from-photo graph is refused (it needs `.style`)."""
+        if self.info.extra.get("graph", "generator") == "style":
+            raise EngineError(f"{getattr(self, 'path', 'engine')}: this is a style-from-photo graph;"
+                              f" it needs an example photo ({type(self).__name__}.style), or export "
+                              f"--graph generator for `run`")
+        self.check_shape(label)
+        feeds = {"label": label, "inst": inst}
+        if takes_feat:
+            B, _, H, W = label.shape
+            F = self.config.feat_num
+            if feat is None:
+                feat = torch.zeros(B, F, H, W, device=label.device)
+            elif tuple(feat.shape) != (B, F, H, W):
+                raise EngineError(f"feat has shape {tuple(feat.shape)}, this engine needs "
+                                  f"{(B, F, H, W)}")
+            feeds["feat"] = feat
+        return feeds
+
     def check_shape(self, label: torch.Tensor) -> None:
         B, _, H, W = label.shape
         if self.info.size is not None and (H, W) != tuple(self.info.size):
