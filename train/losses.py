@@ -52,15 +52,25 @@ def find_vgg_weights(path: str | os.PathLike | None) -> Path:
     return p
 
 
+def _vgg19_features() -> nn.Sequential:
+    """torchvision's vgg19().features (same module indices, so its weights load by key), without
+    building the 100M-parameter classifier that the loss never uses."""
+    try:
+        from torchvision.models.vgg import cfgs, make_layers
+        return make_layers(cfgs["E"], batch_norm=False)
+    except ImportError:
+        from torchvision.models import vgg19
+        return vgg19(weights=None).features
+
+
 class VGG19Features(nn.Module):
     """Frozen VGG19 cut into the five slices the perceptual loss compares."""
 
     def __init__(self, weights_path: str | os.PathLike | None = None, random_init: bool = False):
         super().__init__()
-        from torchvision.models import vgg19
-        features = vgg19(weights=None).features[:30]
-        if not random_init:
-            path = find_vgg_weights(weights_path)
+        path = None if random_init else find_vgg_weights(weights_path)    # fail before building
+        features = _vgg19_features()[:30]
+        if path is not None:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = {k.removeprefix("features."): v for k, v in state.items()
                      if k.startswith("features.") and int(k.split(".")[1]) < 30}
