@@ -46,9 +46,9 @@ def test_lsgan_and_feature_matching_weights():
 
 
 def test_vgg_loads_torchvision_weights_by_key(tmp_path):
-    from torchvision.models import vgg19
+    from torchvision.models.vgg import cfgs, make_layers     # torchvision's own vgg19 features
     torch.manual_seed(1)
-    state = {f"features.{k}": v for k, v in vgg19().features.state_dict().items()}
+    state = {f"features.{k}": v for k, v in make_layers(cfgs["E"]).state_dict().items()}
     torch.save(state, tmp_path / "vgg19.pth")
     vgg = VGG19Features(tmp_path / "vgg19.pth")
     assert torch.equal(vgg.slices[4][-2].weight, state["features.28.weight"])   # relu5_1's conv
