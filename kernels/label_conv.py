@@ -107,32 +107,43 @@ def _label_conv_kernel(code_ptr, table_ptr, bias_ptr, add_ptr, out_ptr,
     co = tl.arange(0, BLOCK_O)
     code_base = code_ptr + b * scb
     acc = tl.zeros([BLOCK_P, BLOCK_O], dtype=tl.float32) + tl.load(bias_ptr + co)[None, :]
-    for dy in range(7):
-        qy = y + dy - 3
-        qy = tl.where(qy < 0, -qy, qy)
-        qy = tl.where(qy >= OH, 2 * OH - 2 - qy, qy)
-        for dx in tl.static_range(7):
-            qx = x + dx - 3
-            qx = tl.where(qx < 0, -qx, qx)
-            qx = tl.where(qx >= OW, 2 * OW - 2 - qx, qx)
-            tap = table_ptr + (dy * 7 + dx) * (NCODE * BLOCK_O)
-            if POOL:
-                # Pooled pixel (qy, qx) averages full-res rows 2qy-1..2qy+1 and columns
-                # 2qx-1..2qx+1 that lie inside the image (count_include_pad=False).
-                rows = tl.minimum(2 * qy + 1, H - 1) - tl.maximum(2 * qy - 1, 0) + 1
+    if POOL:
+        # Runtime loops throughout: unrolling 49 x 9 gathers makes a kernel that takes minutes
+        # to compile.
+        for dy in range(7):
+            qy = y + dy - 3
+            qy = tl.where(qy < 0, -qy, qy)
+            qy = tl.where(qy >= OH, 2 * OH - 2 - qy, qy)
+            # Pooled row qy averages full-res rows 2qy-1..2qy+1 inside the image
+            # (count_include_pad=False); likewise for columns.
+            rows = tl.minimum(2 * qy + 1, H - 1) - tl.maximum(2 * qy - 1, 0) + 1
+            for dx in range(7):
+                qx = x + dx - 3
+                qx = tl.where(qx < 0, -qx, qx)
+                qx = tl.where(qx >= OW, 2 * OW - 2 - qx, qx)
                 cols = tl.minimum(2 * qx + 1, W - 1) - tl.maximum(2 * qx - 1, 0) + 1
                 inv = 1.0 / tl.maximum(rows * cols, 1).to(tl.float32)  # masked pixels: no 0/0
+                tap = table_ptr + (dy * 7 + dx) * (NCODE * BLOCK_O)
                 wsum = tl.zeros([BLOCK_P, BLOCK_O], dtype=tl.float32)
-                for a in tl.static_range(3):
+                for a in range(3):
                     u = 2 * qy - 1 + a
-                    for c in tl.static_range(3):
+                    for c in range(3):
                         v = 2 * qx - 1 + c
                         ok = pmask & (u >= 0) & (u < H) & (v >= 0) & (v < W)
                         code = tl.load(code_base + u * sch + v * scw, mask=ok, other=0)
                         wsum += tl.load(tap + code.to(tl.int32)[:, None] * BLOCK_O + co[None, :],
                                         mask=ok[:, None], other=0.0).to(tl.float32)
                 acc += wsum * inv[:, None]
-            else:
+    else:
+        for dy in range(7):
+            qy = y + dy - 3
+            qy = tl.where(qy < 0, -qy, qy)
+            qy = tl.where(qy >= OH, 2 * OH - 2 - qy, qy)
+            for dx in tl.static_range(7):
+                qx = x + dx - 3
+                qx = tl.where(qx < 0, -qx, qx)
+                qx = tl.where(qx >= OW, 2 * OW - 2 - qx, qx)
+                tap = table_ptr + (dy * 7 + dx) * (NCODE * BLOCK_O)
                 # Masked pixels read row 0, a valid row, so the gather needs no mask.
                 code = tl.load(code_base + qy * sch + qx * scw, mask=pmask, other=0)
                 acc += tl.load(tap + code.to(tl.int32)[:, None] * BLOCK_O
@@ -188,7 +199,7 @@ def triton_cdiv(a: int, b: int) -> int:
 @jit
 def _encode_codes_kernel(code_ptr, out_ptr, H, W, OH, OW, scb, sch, scw, sob, soc, soh, sow,
                          C, N, NLAB: tl.constexpr, HAS_EDGE: tl.constexpr, POOL: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                         WIN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = pix < N
     b = (pix // (OH * OW)).to(tl.int64)
@@ -197,8 +208,8 @@ def _encode_codes_kernel(code_ptr, out_ptr, H, W, OH, OW, scb, sch, scw, sob, so
     x = rem % OW
     ch = tl.arange(0, BLOCK_C)
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for a in tl.static_range(3 if POOL else 1):
-        for c in tl.static_range(3 if POOL else 1):
+    for a in tl.static_range(WIN):      # WIN = 3 (the pooling window) or 1
+        for c in tl.static_range(WIN):
             if POOL:
                 u = 2 * y - 1 + a
                 v = 2 * x - 1 + c
@@ -243,7 +254,8 @@ def encode_codes(code: torch.Tensor, label_nc: int, has_edge: bool, channels: in
     _encode_codes_kernel[(triton_cdiv(n, block_p),)](
         code, out, H, W, OH, OW, code.stride(0), code.stride(2), code.stride(3),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), channels, n,
-        NLAB=label_nc, HAS_EDGE=has_edge, POOL=pool, BLOCK_C=block_c, BLOCK_P=block_p,
+        NLAB=label_nc, HAS_EDGE=has_edge, POOL=pool, WIN=3 if pool else 1, BLOCK_C=block_c,
+        BLOCK_P=block_p,
         num_warps=4)
     return out
 
