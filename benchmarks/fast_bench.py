@@ -146,7 +146,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 @click.option("--max-autotune", is_flag=True,
               help="Also the official network under torch.compile max-autotune (~2 min).")
 @click.option("--only", default="", help="Comma-separated substrings: run only matching rows "
-                                          "(the fp32 reference always runs).")
+                                          "(the fp32 reference and fp16 eager always run).")
 @click.option("--quick", is_flag=True, help="CPU, tiny config, 64x64, 2 calls a row: checks "
                                             "that the script runs; its numbers mean nothing.")
 def main(out_dir, size, batches, iters, warmup, compile_, max_autotune, only, quick):
@@ -203,7 +203,9 @@ def main(out_dir, size, batches, iters, warmup, compile_, max_autotune, only, qu
                          for i in range(bmax)])
 
     def row(name: str, make, batch: int = 1, tf32: bool = False, is_ref: bool = False):
-        if filters and not is_ref and not any(f in name for f in filters):
+        # The fp32 reference and fp16 eager (the ratio's base) always run.
+        if filters and not is_ref and name != "official fp16 eager" \
+                and not any(f in name for f in filters):
             return
         click.echo(f"{name} b{batch} ...", err=True)
         r = {"name": name, "batch": batch}
