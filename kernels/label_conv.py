@@ -17,6 +17,11 @@ count_include_pad=False)), which is linear in the one-hot, so its first convolut
 sums their table rows and divides by the window's in-image count (4, 6 or 9 pixels at borders).
 Feature channels (feat_num > 0) are not one-hot: callers convolve them normally and pass the
 result as `add`, which the kernel sums in.
+
+Both kernels read a per-pixel code map (label_codes: uint8, computed once per frame and shared by
+G1's and the enhancer's first layers). `encode_codes` is the dense alternative the lookup is
+measured against: the one-hot (+ edge), pooled when asked, written in one pass with channels
+padded to a multiple of 8 for a cuDNN convolution (LabelConv(lookup=False)).
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ from ..labels import encode_labels
 from ._backend import jit, next_pow2, tl, use_triton
 
 TAPS = 49  # 7 x 7
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def pooled_size(n: int) -> int:
@@ -181,7 +190,7 @@ def label_conv_triton(code: torch.Tensor, table: torch.Tensor, bias: torch.Tenso
         # Triton's interpreter pays per operation, not per element: one program in all.
         block_p = min(8192, max(block_p, next_pow2(n)))
     block_p = tile_p or block_p   # tests: several programs, blocks that span two samples
-    grid = (triton_cdiv(n, block_p),)
+    grid = (_cdiv(n, block_p),)
     _label_conv_kernel[grid](
         code, table, bias, a, out, H, W, OH, OW,
         code.stride(0), code.stride(2), code.stride(3),
@@ -190,10 +199,6 @@ def label_conv_triton(code: torch.Tensor, table: torch.Tensor, bias: torch.Tenso
         out_channels, n, NCODE=table.shape[1], BLOCK_O=block_o, HAS_ADD=add is not None,
         POOL=pool, BLOCK_P=block_p, num_warps=4)
     return out
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @jit
@@ -251,7 +256,7 @@ def encode_codes(code: torch.Tensor, label_nc: int, has_edge: bool, channels: in
     block_p = max(16, 4096 // block_c)
     if code.device.type == "cpu":
         block_p = min(8192, max(block_p, next_pow2(n)))
-    _encode_codes_kernel[(triton_cdiv(n, block_p),)](
+    _encode_codes_kernel[(_cdiv(n, block_p),)](
         code, out, H, W, OH, OW, code.stride(0), code.stride(2), code.stride(3),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), channels, n,
         NLAB=label_nc, HAS_EDGE=has_edge, POOL=pool, WIN=3 if pool else 1, BLOCK_C=block_c,
