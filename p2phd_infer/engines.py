@@ -102,13 +102,14 @@ class TorchEngine(Engine):
         self.encoder = ckpt.build_encoder()
         if self.encoder is not None:
             self.encoder = self.encoder.to(self.device).eval()
-        self._forward = torch.compile(self.model) if compile else self.model
         self.fast = self.device.type == "cuda" if fast is None else fast
         if self.fast:
             from .engine_fast import FastEngine
             self._forward = FastEngine(ckpt, self.device, "fp16" if fp16 else "fp32",
                                        compile="default" if compile else None,
                                        generator=self.model.generator)
+        else:
+            self._forward = torch.compile(self.model) if compile else self.model
 
     @torch.inference_mode()
     def __call__(self, label, inst, feat=None):
