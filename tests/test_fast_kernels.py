@@ -192,7 +192,10 @@ def test_instance_norm_fp32(gen, relu, res, pad, cl):
     assert err <= 2e-5, f"max err {err:.3g} (seed {gen.initial_seed()})"
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+# Two units in the last place of the output, relative to its magnitude (at least 1): the kernel
+# and the fp32 reference differ only by the final rounding to the half type and fp32 sum order.
+# (An absolute bound fails for honest reasons: bf16's ulp at 8..16 is 0.0625.)
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2.0**-9), (torch.bfloat16, 2.0**-6)])
 def test_instance_norm_half(gen, dtype, tol):
     B, C, H, W = 1, 7, 10, 11
     x = (torch.randn(B, C, H, W, generator=gen) * 3 + 2).to(dtype)
@@ -201,8 +204,8 @@ def test_instance_norm_half(gen, dtype, tol):
     ref = instance_norm_act_reference(x.float(), True, r.float(), 1)
     out = instance_norm_act_triton(x.to(DEV), True, r.to(DEV), 1)
     assert out.dtype == dtype
-    err = (out.float().cpu() - ref).abs().max().item()
-    assert err <= tol, f"max err {err:.3g} (seed {gen.initial_seed()})"
+    err = ((out.float().cpu() - ref).abs() / ref.abs().clamp_min(1)).max().item()
+    assert err <= tol, f"max relative err {err:.3g} (seed {gen.initial_seed()})"
 
 
 @pytest.mark.parametrize("cl", [False, True])
