@@ -149,11 +149,11 @@ def demo_eval_cmd(model, data, make, size, scene_seed, seed, picture_path, rows,
         w, h = parse_size(size)
         make_scenes(data, make, w, h, scene_seed)
     result, outputs, label, real = evaluate(model, data, seed)
-    click.echo(json.dumps(result, indent=1))
+    click.echo(json.dumps(result))
     if picture_path:
         out = outputs.get("photo_features") or outputs["clusters"]
         write_image(picture_path, picture(out, label, real, min(rows, len(real)), panel_width))
-        click.echo(f"wrote {picture_path}")
+        click.echo(f"wrote {picture_path}", err=True)
 
 
 if __name__ == "__main__":
