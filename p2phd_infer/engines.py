@@ -8,7 +8,6 @@ nothing but the engine file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -125,7 +124,9 @@ class TorchEngine(Engine):
 
 def default_engine_path() -> Path:
     """The demo model shipped in the package (trained on synthetic street scenes)."""
-    return Path(str(resources.files("p2phd_infer") / "assets" / "demo" / "model.pt"))
+    # Beside this file, not importlib.resources: under an editable install with mapped package
+    # folders, resources.files() gives a MultiplexedPath that does not convert to a real path.
+    return Path(__file__).resolve().parent / "assets" / "demo" / "model.pt"
 
 
 def open_engine(path: str | Path | None = None, device: str | torch.device | None = None,
