@@ -3,7 +3,6 @@ registered at the bottom of this file."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 

@@ -40,13 +40,23 @@ def encode_photo(encoder: Encoder, cfg: ModelConfig, image: torch.Tensor,
                          f"{cfg.n_downsample_E} downsamplings at 1/{2 ** cfg.enhancers} resolution)")
     if tuple(inst.shape) != (B, 1, H, W):
         raise ValueError(f"instance map {tuple(inst.shape)} does not match the photo {(B, 1, H, W)}")
-    x, small_inst = image.float(), inst
-    if cfg.enhancers == 0:
-        return encoder(x, inst).float()
-    for _ in range(cfg.enhancers):
-        x, small_inst = downsample_2x(x), small_inst[..., ::2, ::2]
-    feat = encoder(x, small_inst).float()
-    feat = F.interpolate(feat, size=(H, W), mode="nearest")
+    return encoder_features(encoder, image.float(), inst, cfg.enhancers).float()
+
+
+def encoder_features(encoder: Encoder, image: torch.Tensor, inst: torch.Tensor,
+                     enhancers: int) -> torch.Tensor:
+    """E's per-instance features at the generator's full resolution, the one rule training,
+    `features` and `--style-image` share. With local enhancers, E runs at G1's resolution (the
+    image pooled 2**enhancers times, instance ids subsampled), as it was trained in the global
+    stage; its output is upsampled nearest and averaged per full-resolution instance again, so
+    every instance carries one constant vector."""
+    if enhancers == 0:
+        return encoder(image, inst)
+    small, small_inst = image, inst
+    for _ in range(enhancers):
+        small, small_inst = downsample_2x(small), small_inst[..., ::2, ::2]
+    feat = encoder(small, small_inst)
+    feat = F.interpolate(feat, size=image.shape[-2:], mode="nearest")
     return instance_mean(feat, inst)
 
 

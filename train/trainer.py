@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from p2phd_infer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.image_io import write_image
-from p2phd_infer.kernels.instance_mean import instance_mean
+from p2phd_infer.instance_features import encoder_features
 from p2phd_infer.labels import CITYSCAPES_NAMES, encode_labels
-from p2phd_infer.networks import build_encoder, build_generator, downsample_2x
+from p2phd_infer.networks import build_encoder, build_generator
 
 from .datasets import PairedDataset
 from .discriminator import MultiscaleDiscriminator
@@ -178,18 +177,8 @@ def enhancer_parameters(G: nn.Module) -> list[nn.Parameter]:
 
 def encode_features(E: nn.Module, image: torch.Tensor, inst: torch.Tensor, enhancers: int
                     ) -> torch.Tensor:
-    """E's per-instance features at the generator's full resolution. With local enhancers, E runs
-    at G1's resolution (the image pooled 2**enhancers times, instance ids subsampled), as it was
-    trained in the global stage; its output is upsampled nearest and averaged per full-resolution
-    instance again, so every instance carries one constant vector, as at inference."""
-    if enhancers == 0:
-        return E(image, inst)
-    small, small_inst = image, inst
-    for _ in range(enhancers):
-        small, small_inst = downsample_2x(small), small_inst[..., ::2, ::2]
-    feat = E(small, small_inst)
-    feat = F.interpolate(feat, size=image.shape[-2:], mode="nearest")
-    return instance_mean(feat, inst)
+    """E's per-instance features at full resolution (E at G1's resolution in stage local)."""
+    return encoder_features(E, image, inst, enhancers)
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
