@@ -461,10 +461,10 @@ def run_on_ray(labels, out, *, address: str | None = None, instances=None, engin
 def run_on_ray_cli(*, labels, out, ray_address, num_workers, gpus_per_worker, engine_path=None,
                    instances=None, batch_size=1, max_delay_us=2000, workers=None, fmt="png",
                    quality=95, fp16=False, compile_=False, overwrite=False, style=None, seed=0,
-                   style_image=None, style_instances=None, summary_json=None, device="auto",
-                   **_local_only):
+                   style_image=None, style_instances=None, summary_json=None, device="auto"):
     """`p2phd-infer run ... --ray`: run_on_ray with the run command's options, its messages and
-    exit status."""
+    exit status. Every option of `run` is named here, so a new one that --ray does not carry fails
+    loudly (TypeError in the tests) instead of being dropped."""
     import json
     from dataclasses import asdict
 
