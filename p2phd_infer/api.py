@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .engines import Engine, open_engine
+from .frames import label_range_fault
 from .runtime import Runtime, concrete_device
 from .synthesizer import to_uint8
 
@@ -133,10 +134,9 @@ class Pix2PixHD:
             raise ValueError(f"{what} has shape {tuple(t.shape)}; expected [H,W], [B,H,W] or "
                              f"[B,1,H,W]")
         if check_range is not None and not t.is_cuda and t.numel():
-            lo, hi = (int(v) for v in torch.aminmax(t))
-            if lo < 0 or hi >= check_range:
-                raise ValueError(f"label id {hi if hi >= check_range else lo} out of range: the "
-                                 f"model has label_nc {check_range}")
+            fault = label_range_fault(*(int(v) for v in torch.aminmax(t)), check_range)
+            if fault:
+                raise ValueError(fault)
         if t.device != self.device:
             # Copy the ids as they are (uint8 labels stay 1 byte a pixel), widen on the device.
             t = t.to(self.device)

@@ -63,6 +63,14 @@ def discover_frames(labels: str | Path, instances: str | Path | None = None) -> 
     return frames
 
 
+def label_range_fault(lo: int, hi: int, label_nc: int) -> str | None:
+    """What is wrong with a label map whose ids span lo..hi, or None when they all fit."""
+    if lo >= 0 and hi < label_nc:
+        return None
+    return (f"label id {hi if hi >= label_nc else lo} out of range: the model has label_nc "
+            f"{label_nc} (ids 0..{label_nc - 1})")
+
+
 def decode_frame(frame: Frame, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """-> (label int32 [H,W], inst int32 [H,W]), checked against the model; InputError otherwise.
 
@@ -72,11 +80,9 @@ def decode_frame(frame: Frame, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray
     s = cfg.stride
     if H % s or W % s:
         raise InputError(frame.label, f"size {W}x{H} is not a multiple of the model's stride {s}")
-    lo, hi = int(label.min()), int(label.max())
-    if lo < 0 or hi >= cfg.label_nc:
-        bad = hi if hi >= cfg.label_nc else lo
-        raise InputError(frame.label, f"label id {bad} out of range: the model has label_nc "
-                                      f"{cfg.label_nc} (ids 0..{cfg.label_nc - 1})")
+    fault = label_range_fault(int(label.min()), int(label.max()), cfg.label_nc)
+    if fault:
+        raise InputError(frame.label, fault)
     if not cfg.needs_instance_map:
         return label, label
     if frame.inst is None:

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .frames import Frame, decode_frame
+from .frames import Frame, decode_frame, label_range_fault
 from .image_io import InputError, write_image
 from .synthesizer import to_uint8
 
@@ -330,11 +330,9 @@ class Runtime:
                 raise InputError(job.name, f"size {W}x{H} is not a multiple of the model's "
                                            f"stride {s}")
             if not label.is_cuda and label.numel():
-                lo, hi = (int(v) for v in torch.aminmax(label))
-                if lo < 0 or hi >= cfg.label_nc:
-                    raise InputError(job.name, f"label id {hi if hi >= cfg.label_nc else lo} out "
-                                               f"of range: the model has label_nc {cfg.label_nc} "
-                                               f"(ids 0..{cfg.label_nc - 1})")
+                fault = label_range_fault(*(int(v) for v in torch.aminmax(label)), cfg.label_nc)
+                if fault:
+                    raise InputError(job.name, fault)
         H, W = label.shape
         fixed = self.engine.info.size
         if fixed is not None and (H, W) != tuple(fixed):
