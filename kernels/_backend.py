@@ -56,6 +56,18 @@ def interpreting() -> bool:
     return isinstance(tl.standard.zeros_like, InterpretedFunction)
 
 
+def triton_device() -> tuple[str | None, str]:
+    """Where the Triton kernels can run in this process: ("cuda", ""), ("cpu", "") under the
+    interpreter, or (None, why not)."""
+    if triton is None:
+        return None, "triton is not installed"
+    if torch.cuda.is_available():
+        return "cuda", ""
+    if interpreting():
+        return "cpu", ""
+    return None, "no CUDA, and TRITON_INTERPRET=1 was not set before triton was imported"
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

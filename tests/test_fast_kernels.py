@@ -26,7 +26,7 @@ import random
 import pytest
 import torch
 
-from p2phd_infer.kernels._backend import interpreting, triton
+from p2phd_infer.kernels._backend import triton_device
 from p2phd_infer.kernels.instance_norm import (instance_norm_act, instance_norm_act_reference,
                                                instance_norm_act_triton)
 from p2phd_infer.kernels.label_conv import (LabelConv, build_table, label_codes, label_conv,
@@ -34,14 +34,7 @@ from p2phd_infer.kernels.label_conv import (LabelConv, build_table, label_codes,
 from p2phd_infer.labels import edge_map
 
 CUDA = torch.cuda.is_available()
-if triton is None:
-    DEV, WHY = None, "triton is not installed"
-elif CUDA:
-    DEV, WHY = "cuda", ""
-elif interpreting():
-    DEV, WHY = "cpu", ""
-else:
-    DEV, WHY = None, "no CUDA, and TRITON_INTERPRET=1 was not set before triton was imported"
+DEV, WHY = triton_device()
 pytestmark = pytest.mark.skipif(DEV is None, reason=WHY)
 
 

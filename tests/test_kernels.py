@@ -22,19 +22,12 @@ import torch
 
 from p2phd_infer.kernels import (feature_scatter, feature_scatter_reference, instance_mean,
                                  instance_mean_reference, label_encode, label_encode_reference)
-from p2phd_infer.kernels._backend import interpreting, triton
+from p2phd_infer.kernels._backend import triton, triton_device
 from p2phd_infer.kernels.instance_mean import _instance_mean_triton
 from p2phd_infer.labels import label_from_instance
 
 CUDA = torch.cuda.is_available()
-if triton is None:
-    DEV, WHY = None, "triton is not installed"
-elif CUDA:
-    DEV, WHY = "cuda", ""
-elif interpreting():
-    DEV, WHY = "cpu", ""
-else:
-    DEV, WHY = None, "no CUDA, and TRITON_INTERPRET=1 was not set before triton was imported"
+DEV, WHY = triton_device()
 needs_triton = pytest.mark.skipif(DEV is None, reason=WHY)
 needs_cuda = pytest.mark.skipif(not CUDA or triton is None,
                                 reason="needs a CUDA GPU and triton (compiled kernels, graphs)")
