@@ -465,14 +465,10 @@ def run_on_ray_cli(*, labels, out, ray_address, num_workers, gpus_per_worker, en
     """`p2phd-infer run ... --ray`: run_on_ray with the run command's options, its messages and
     exit status. Every option of `run` is named here, so a new one that --ray does not carry fails
     loudly (TypeError in the tests) instead of being dropped."""
-    import json
-    from dataclasses import asdict
-
     from .checkpoint import CheckpointError
     from .cli import fail
     from .engines import EngineError
-    from .image_io import write_atomic
-    from .run_command import _sample_labels
+    from .run_command import _sample_labels, report_run
     if labels is None and ray_address and Path(ray_address).exists():
         # `run --ray LABELS`: click took the folder for the optional address; a Ray address is
         # never an existing path.
@@ -500,10 +496,4 @@ def run_on_ray_cli(*, labels, out, ray_address, num_workers, gpus_per_worker, en
         raise fail(str(e))
     except (EngineError, CheckpointError, InputError, ValueError, RayJobError) as e:
         raise fail(str(e))
-    click.echo(f"{summary.frames} frames: {summary.written} written, {summary.skipped} skipped "
-               f"(exist), {summary.failed} failed; {summary.frames_per_second:.2f} frames/s "
-               f"({summary.seconds:.1f} s) on Ray", err=True)
-    if summary_json:
-        write_atomic(summary_json, (json.dumps(asdict(summary), indent=2) + "\n").encode())
-    if summary.failed:
-        raise click.exceptions.Exit(1)
+    report_run(summary, summary_json, " on Ray")

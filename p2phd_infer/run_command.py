@@ -102,9 +102,14 @@ def run_cmd(labels, engine_path, instances, out, device, batch_size, max_delay_u
     summary.settings.update(engine=str(engine_path or "demo"), device=str(engine.device),
                             precision=engine.info.precision, compile=compile_, seed=seed,
                             style=style)
+    report_run(summary, summary_json)
+
+
+def report_run(summary, summary_json: str | None, where: str = "") -> None:
+    """The closing line (and --summary-json) of a run, local or on Ray; exit 1 if a frame failed."""
     click.echo(f"{summary.frames} frames: {summary.written} written, {summary.skipped} skipped "
                f"(exist), {summary.failed} failed; {summary.frames_per_second:.2f} frames/s "
-               f"({summary.seconds:.1f} s)", err=True)
+               f"({summary.seconds:.1f} s){where}", err=True)
     if summary_json:
         write_atomic(summary_json, (json.dumps(asdict(summary), indent=2) + "\n").encode())
     if summary.failed:
