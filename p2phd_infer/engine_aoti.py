@@ -58,7 +58,6 @@ class AotiEngine(Engine):
             raise EngineError(f"{self.path}: no p2phd-infer metadata in this package (export it "
                               f"with `p2phd-infer export --format aoti`)")
         self.info = info_from_json(meta[KEY], self.path)
-        self.graph = self.info.extra.get("graph", "generator")
         self.input_names = list(self.info.extra.get("inputs", ["label", "inst"]))
         self.dtype = torch.float16 if self.info.precision == "fp16" else torch.float32
         # One AOTInductor runner per package: calls from several threads take turns.
@@ -70,14 +69,7 @@ class AotiEngine(Engine):
 
     def style(self, label, inst, style_image, style_inst) -> torch.Tensor:
         """Style from an example photo (style graphs); see p2phd_infer.export.graphs."""
-        from .engine_onnx import check_style_inputs
-        if self.graph != "style":
-            raise EngineError(f"{self.path}: a generator graph has no photo input; export "
-                              f"--graph style for style from a photo")
-        self.check_shape(label)
-        check_style_inputs(label, inst, style_image, style_inst)
-        return self._run({"label": label, "inst": inst, "style_image": style_image,
-                          "style_inst": style_inst})
+        return self._run(self.style_feeds(label, inst, style_image, style_inst))
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         args = [feeds[n].to(self.device, torch.int32 if n in INT_INPUTS else self.dtype)

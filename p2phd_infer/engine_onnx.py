@@ -62,7 +62,6 @@ class OnnxEngine(Engine):
             raise EngineError(f"{self.path}: no p2phd-infer metadata in this ONNX file (export it "
                               f"with `p2phd-infer export --format onnx`)")
         self.info = info_from_json(meta[KEY], self.path)
-        self.graph = self.info.extra.get("graph", "generator")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.providers = self.session.get_providers()
 
@@ -96,14 +95,8 @@ class OnnxEngine(Engine):
               style_inst: torch.Tensor) -> torch.Tensor:
         """Style from an example photo (style graphs): instances take the photo's encoder
         features of the same instance id; ids absent from the photo get zeros."""
-        if self.graph != "style":
-            raise EngineError(f"{self.path}: a generator graph has no photo input; export "
-                              f"--graph style for style from a photo")
-        self.check_shape(label)
-        check_style_inputs(label, inst, style_image, style_inst)
+        feeds = self.style_feeds(label, inst, style_image, style_inst)
         B, _, H, W = label.shape
-        feeds = {"label": label, "inst": inst, "style_image": style_image,
-                 "style_inst": style_inst}
         return self._run(feeds, (B, self.config.output_nc, H, W))
 
     # --- running -------------------------------------------------------------------------------
@@ -135,20 +128,3 @@ class OnnxEngine(Engine):
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return out
-
-
-def check_style_inputs(label, inst, style_image, style_inst) -> None:
-    """Shapes agree and instance ids fit the instance-mean table (0..65535, 16-bit maps)."""
-    from p2phd_infer.export.graphs import MAX_INSTANCE_ID
-    B, _, H, W = label.shape
-    if tuple(inst.shape) != (B, 1, H, W) or tuple(style_inst.shape) != (B, 1, H, W):
-        raise EngineError(f"inst {tuple(inst.shape)} and style_inst {tuple(style_inst.shape)} must "
-                          f"both be {(B, 1, H, W)}")
-    if tuple(style_image.shape) != (B, 3, H, W):
-        raise EngineError(f"style_image has shape {tuple(style_image.shape)}, the photo must be "
-                          f"{(B, 3, H, W)} (same size as the frame)")
-    for name, ids in (("inst", inst), ("style_inst", style_inst)):
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi > MAX_INSTANCE_ID:
-            raise EngineError(f"{name}: instance id {lo if lo < 0 else hi} out of range "
-                              f"0..{MAX_INSTANCE_ID} (16-bit instance maps)")

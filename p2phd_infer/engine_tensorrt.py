@@ -60,7 +60,6 @@ class TensorRTEngine(Engine):
             raise EngineError(f"{self.path}: its metadata file {meta.name} is missing (it is "
                               f"written beside the plan by `p2phd-infer export --format tensorrt`)")
         self.info = info_from_json(meta.read_bytes(), meta)
-        self.graph = self.info.extra.get("graph", "generator")
         trt = import_tensorrt()
         self.device = resolve_device("cuda" if device in (None, "auto") else device)
         if self.device.type != "cuda":
@@ -101,13 +100,7 @@ class TensorRTEngine(Engine):
 
     def style(self, label, inst, style_image, style_inst) -> torch.Tensor:
         """Style from an example photo (style engines); see p2phd_infer.export.graphs."""
-        from .engine_onnx import check_style_inputs
-        if self.graph != "style":
-            raise EngineError(f"{self.path}: a generator engine has no photo input; export "
-                              f"--graph style for style from a photo")
-        check_style_inputs(label, inst, style_image, style_inst)
-        return self._run({"label": label, "inst": inst, "style_image": style_image,
-                          "style_inst": style_inst})
+        return self._run(self.style_feeds(label, inst, style_image, style_inst))
 
     def check_profile(self, name: str, shape: tuple[int, ...]) -> None:
         """A clear error for shapes outside the optimisation profile the plan was built with."""

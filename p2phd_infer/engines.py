@@ -65,6 +65,29 @@ class Engine:
             feeds["feat"] = feat
         return feeds
 
+    def style_feeds(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
+                    style_inst: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inputs of an exported style-from-photo graph, checked: shapes agree and instance
+        ids fit the graph's instance-mean table (0..65535, 16-bit maps)."""
+        from .export.graphs import MAX_INSTANCE_ID
+        if self.info.extra.get("graph", "generator") != "style":
+            raise EngineError(f"{getattr(self, 'path', 'engine')}: a generator graph has no photo "
+                              f"input; export --graph style for style from a photo")
+        self.check_shape(label)
+        B, _, H, W = label.shape
+        if tuple(inst.shape) != (B, 1, H, W) or tuple(style_inst.shape) != (B, 1, H, W):
+            raise EngineError(f"inst {tuple(inst.shape)} and style_inst {tuple(style_inst.shape)} "
+                              f"must both be {(B, 1, H, W)}")
+        if tuple(style_image.shape) != (B, 3, H, W):
+            raise EngineError(f"style_image has shape {tuple(style_image.shape)}, the photo must "
+                              f"be {(B, 3, H, W)} (same size as the frame)")
+        for name, ids in (("inst", inst), ("style_inst", style_inst)):
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi > MAX_INSTANCE_ID:
+                raise EngineError(f"{name}: instance id {lo if lo < 0 else hi} out of range "
+                                  f"0..{MAX_INSTANCE_ID} (16-bit instance maps)")
+        return {"label": label, "inst": inst, "style_image": style_image, "style_inst": style_inst}
+
     def check_shape(self, label: torch.Tensor) -> None:
         B, _, H, W = label.shape
         if self.info.size is not None and (H, W) != tuple(self.info.size):
