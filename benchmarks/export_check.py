@@ -130,7 +130,7 @@ def main(out_dir, device, size, tiny, frames, iters, warmup, with_trt):
 
 def check_tensorrt(ckpt, reference, label, inst, H, W, work, device, iters, warmup) -> dict:
     try:
-        from p2phd_infer.engine_tensorrt import import_tensorrt
+        from p2phd_infer.engines.tensorrt import import_tensorrt
         import_tensorrt()
     except Exception as e:  # noqa: BLE001 - reported, not raised: the .pt2 result still counts
         return {"skipped": str(e)}

@@ -39,10 +39,12 @@ from PIL import Image
 
 from p2phd_infer.checkpoint import Checkpoint, load_checkpoint
 from p2phd_infer.config import ModelConfig
-from p2phd_infer.engines import EngineError, TorchEngine, open_engine, resolve_device
-from p2phd_infer.frames import Frame
+from p2phd_infer.engines import TorchEngine, open_engine, resolve_device
+from p2phd_infer.errors import Error
+from p2phd_infer.files import write_atomic
+from p2phd_infer.local_run import synthesize
 from p2phd_infer.networks import build_generator
-from p2phd_infer.run_command import synthesize_frames
+from p2phd_infer.plan import Job, Plan, RunOptions
 
 BUILDERS = ("onnx", "aoti", "aoti-fp16", "tensorrt")   # engines p2phd_infer.export can build
 
@@ -81,6 +83,7 @@ class Row:
     peak_mem_mib: float
     mem_kind: str             # cuda max_memory_allocated | process RSS
     format: str = ""          # output format (end-to-end)
+    files: int = 0            # end-to-end: output files found on disk after the timed run
     vs_baseline: float = 0.0  # baseline ms/frame / this row's ms/frame (same mode and format)
     note: str = ""
 
@@ -196,6 +199,14 @@ def random_checkpoint(cfg: ModelConfig, seed: int = 0) -> Checkpoint:
     return Checkpoint(cfg, state)
 
 
+@dataclass(frozen=True)
+class Frame:
+    """One end-to-end input: a name and its label and instance PNG files."""
+    name: str
+    label: Path
+    inst: Path
+
+
 def write_inputs(folder: Path, n_files: int, n_frames: int, h: int, w: int, label_nc: int
                  ) -> list[Frame]:
     """n_files label/instance PNG pairs, used round-robin for n_frames frames."""
@@ -286,8 +297,10 @@ class Baseline:
                 for f in frames:
                     one(f)
                 dt = time.perf_counter() - t0
+        files = sum(1 for _ in out.glob(f"*.{fmt}"))
         return _row("end-to-end", "baseline: official G, eager, serial", "fp32", 1, len(frames),
-                    dt, mem, format=fmt, note="Pillow decode/encode, one frame at a time")
+                    dt, mem, format=fmt, files=files,
+                    note="Pillow decode/encode, one frame at a time")
 
 
 def _row(mode, engine, precision, batch, frames, seconds, mem: PeakMemory, **kw) -> Row:
@@ -325,22 +338,28 @@ def engine_only(engine, name, precision, label, inst, batch, warmup, frames, dev
     return _row("engine-only", name, precision, batch, calls * batch, dt, mem)
 
 
+def run_plan(frames: list[Frame], out: Path, fmt: str) -> Plan:
+    """The plan `p2phd-infer run` would make for these inputs into an empty folder `out`."""
+    jobs = [Job(f.name, str(f.label), str(f.inst), str(out / f"{f.name}.{fmt}")) for f in frames]
+    return Plan(jobs, len(jobs), 0)
+
+
 def end_to_end(engine, name, precision, frames: list[Frame], out: Path, batch, fmt, quality,
                workers, delay_us, device, warmup: bool) -> Row:
+    opts = RunOptions(batch_size=batch, max_delay_us=delay_us, workers=workers, format=fmt,
+                      quality=quality, progress=False)
     with tf32(precision == "tf32"):
         if warmup:   # the engine-only row warmed the engine at this batch size; this warms the rest
-            warm = synthesize_frames(engine, frames[:batch], out / "warmup", batch,
-                                     max_delay_us=delay_us, workers=workers, fmt=fmt,
-                                     quality=quality, progress=False)
+            warm = synthesize(engine, None, run_plan(frames[:batch], out / "warmup", fmt), opts)
             if warm.failed:
                 raise RuntimeError(f"{name}: {warm.failures[0]}")
         with PeakMemory(device) as mem:
-            s = synthesize_frames(engine, frames, out / "timed", batch, max_delay_us=delay_us,
-                                  workers=workers, fmt=fmt, quality=quality, progress=False)
+            s = synthesize(engine, None, run_plan(frames, out / "timed", fmt), opts)
     if s.failed:
         raise RuntimeError(f"{name}: {s.failures[0]}")
+    files = sum(1 for _ in (out / "timed").glob(f"*.{fmt}"))
     return _row("end-to-end", name, precision, batch, s.written, s.seconds, mem, format=fmt,
-                note=f"{workers} decode + {workers} encode threads")
+                files=files, note=f"{workers} decode + {workers} encode threads")
 
 
 def engine_specs(ckpt: Checkpoint, ckpt_name: str, device: torch.device, precisions, compile_,
@@ -351,19 +370,26 @@ def engine_specs(ckpt: Checkpoint, ckpt_name: str, device: torch.device, precisi
     for prec in precisions:
         if prec in ("fp16", "tf32") and device.type != "cuda":
             continue
-        fp16 = prec == "fp16"
-        # Plain PyTorch rows opt out of the fast engine, which `run` uses by default on CUDA and
-        # which gets its own row, so every row measures what its name says.
+        # tf32 is the fp32 engine with TF32 convolutions allowed (tf32() around its rows).
+        p = "fp32" if prec == "tf32" else prec
+        # Plain rows (mode="plain") are the official module tree; the fast path gets its own rows
+        # (mode="fast": an error if it cannot run, never a silent fall-back to plain), so every
+        # row measures what its name says. `run`'s default on CUDA, mode="auto", is the fast row
+        # when its check passes.
         specs.append(EngineSpec(f"{ckpt_name} eager", prec,
-                                lambda fp16=fp16: TorchEngine(ckpt, device, fp16=fp16, fast=False)))
+                                lambda p=p: TorchEngine(ckpt, device, precision=p, mode="plain")))
         if compile_:
             specs.append(EngineSpec(f"{ckpt_name} torch.compile", prec,
-                                    lambda fp16=fp16: TorchEngine(ckpt, device, fp16=fp16,
-                                                                  compile=True, fast=False)))
+                                    lambda p=p: TorchEngine(ckpt, device, precision=p,
+                                                            compile="default", mode="plain")))
         if device.type == "cuda":
             specs.append(EngineSpec(f"{ckpt_name} fast (run's default)", prec,
-                                    lambda fp16=fp16: TorchEngine(ckpt, device, fp16=fp16,
-                                                                  fast=True)))
+                                    lambda p=p: TorchEngine(ckpt, device, precision=p,
+                                                            mode="fast")))
+            if compile_:
+                specs.append(EngineSpec(f"{ckpt_name} fast + torch.compile", prec,
+                                        lambda p=p: TorchEngine(ckpt, device, precision=p,
+                                                                compile="default", mode="fast")))
     for p in paths:
         specs.append(EngineSpec(Path(p).name, "file", lambda p=p: open_engine(p, device)))
     H, W = size
@@ -443,7 +469,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
     H, W = parse_size(size)
     try:
         dev = resolve_device(device)
-    except EngineError as e:
+    except Error as e:
         raise click.ClickException(str(e))
     compile_ = dev.type == "cuda" if compile_ is None else compile_
     batches = [int(b) for b in batch_sizes.split(",") if b]
@@ -494,6 +520,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
         tmp = Path(tmp)
         n_e2e = -(-max(frames, max(batches)) // max(batches)) * max(batches)   # full batches
         inputs = write_inputs(tmp / "in", min(n_e2e, 16), n_e2e, H, W, official.label_nc)
+        meta["end_to_end_frames"] = n_e2e     # what each engine's end-to-end row must write
         click.echo(f"baseline (official G {W}x{H}, fp32 eager, batch 1, no_grad)", err=True)
         base = Baseline(baseline_ckpt, dev)
         b_eng = off_main(base.engine_only, label, inst, warmup, max(2, min(frames, 8)))
@@ -547,14 +574,13 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
 
     meta["seconds"] = round(time.perf_counter() - t_start, 1)
     meta["skipped"] = skipped
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = "throughput_quick" if quick else f"throughput_{dev.type}_{W}x{H}"
-    (out_dir / f"{stem}.json").write_text(
-        json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    write_atomic(out_dir / f"{stem}.json",
+                 json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     table = markdown(meta, rows)
     if skipped:
         table += "\nNot timed:\n" + "".join(f"- {s}\n" for s in skipped)
-    (out_dir / f"{stem}.md").write_text(table)
+    write_atomic(out_dir / f"{stem}.md", table)
     click.echo(table)
     click.echo(f"wrote {out_dir / stem}.json and .md in {meta['seconds']} s", err=True)
 

@@ -1,22 +1,24 @@
 """AOTInductor packages (`.pt2`): torch.export of the generator (or style) graph, compiled ahead
 of time for the CPU (C++, needs a C++ compiler) or CUDA (Triton kernels), loaded without Python
-model code by p2phd_infer.engine_aoti.
+model code by p2phd_infer.engines.aoti.
 
 The engine metadata rides inside the package, in AOTInductor's metadata map (key "p2phd_infer"),
 so the .pt2 is self-contained.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from p2phd_infer.checkpoint import Checkpoint
+from p2phd_infer.engines.base import METADATA_KEY, info_to_json, resolve_device
+from p2phd_infer.errors import OptionError
+from p2phd_infer.files import write_atomic
 
 from .graphs import build_graph, check_size, example_inputs
-from .metadata import KEY, engine_info, info_to_json, temp_path
+from .graphs import engine_info
 
 
 def export_program(ckpt: Checkpoint, height: int, width: int, max_batch: int,
@@ -39,25 +41,18 @@ def export_aoti(ckpt: Checkpoint, out: str | os.PathLike, height: int, width: in
                 max_batch: int = 4, graph: str = "generator", device: str | torch.device = "cpu",
                 fp16: bool = False) -> Path:
     """Compile and write the .pt2 atomically (a temporary .pt2 beside it, then a rename)."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but this PyTorch sees no CUDA device")
+    device = resolve_device(device)
     if fp16 and device.type != "cuda":
-        raise ValueError("fp16 AOTInductor packages are built for CUDA (--device cuda)")
+        raise OptionError("--fp16", "fp16 AOTInductor packages are built for CUDA (--device cuda)")
     out = Path(out)
     if out.suffix != ".pt2":
-        raise ValueError(f"{out}: an AOTInductor package must end in .pt2")
+        raise OptionError(out, "an AOTInductor package must end in .pt2")
     dtype = torch.float16 if fp16 else torch.float32
     program, names = export_program(ckpt, height, width, max_batch, graph, device, dtype)
     info = engine_info(ckpt, height, width, max_batch, "fp16" if fp16 else "fp32", graph, "aoti",
                        inputs=names, device=device.type)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out, ".pt2")
-    try:
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=str(tmp),
-            inductor_configs={"aot_inductor.metadata": {KEY: info_to_json(info)}})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: torch._inductor.aoti_compile_and_package(
+        program, package_path=str(tmp),
+        inductor_configs={"aot_inductor.metadata": {METADATA_KEY: info_to_json(info)}}),
+        suffix=".pt2")
     return out

@@ -23,21 +23,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from p2phd_infer.engines.base import MAX_INSTANCE_ID, EngineInfo
+from p2phd_infer.errors import OptionError
+from p2phd_infer.instance_features import encoder_multiple
 from p2phd_infer.networks import downsample_2x
 from p2phd_infer.synthesizer import Synthesizer
 
-MAX_INSTANCE_ID = 65535
-
 
 def check_size(cfg, height: int, width: int, graph: str = "generator") -> None:
-    """ValueError unless the frame size fits the generator (and, for the style graph, E)."""
-    from p2phd_infer.instance_features import encoder_multiple
+    """OptionError unless the frame size fits the generator (and, for the style graph, E)."""
     m = cfg.stride
     if graph == "style":
         m = max(m, encoder_multiple(cfg))
     if height <= 0 or width <= 0 or height % m or width % m:
-        raise ValueError(f"size {width}x{height}: width and height must be positive multiples of "
-                         f"{m} for this model's {graph} graph")
+        raise OptionError("--height/--width", f"size {width}x{height}: width and height must be "
+                                              f"positive multiples of {m} for this model's "
+                                              f"{graph} graph")
 
 
 def table_size(num_pixels: int) -> int:
@@ -91,21 +92,6 @@ def photo_features(encoder_net: nn.Module, cfg, style_image: torch.Tensor,
     return lookup_table(instance_table(feat, style_inst), inst)
 
 
-def photo_features_reference(encoder: nn.Module, cfg, style_image: torch.Tensor,
-                             style_inst: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
-    """The definition photo_features is checked against: the project's encode_photo and
-    instance_table (what `run --style-image` uses), then a plain loop over the photo's ids."""
-    from p2phd_infer.instance_features import encode_photo
-    from p2phd_infer.instance_features import instance_table as id_table
-    photo = encode_photo(encoder, cfg, style_image, style_inst)
-    out = torch.zeros(inst.shape[0], photo.shape[1], *inst.shape[2:], dtype=torch.float32)
-    for b in range(inst.shape[0]):
-        ids, means, _ = id_table(photo[b], style_inst[b])
-        for k, mean in zip(ids.tolist(), means):
-            out[b][:, inst[b, 0] == k] = mean[:, None]
-    return out
-
-
 class GeneratorGraph(nn.Module):
     """label, inst[, feat] -> image. `inst` is an input only where the model uses it (edges or
     features); `feat` only for features models."""
@@ -130,7 +116,7 @@ class StyleGraph(nn.Module):
     def __init__(self, synth: Synthesizer, encoder: nn.Module):
         super().__init__()
         if synth.cfg.feat_num <= 0:
-            raise ValueError("the style graph needs a features model (feat_num > 0)")
+            raise OptionError("--graph", "the style graph needs a features model (feat_num > 0)")
         self.synth = synth
         self.encoder_net = encoder.model      # E without its instance mean (done here, exportably)
 
@@ -174,9 +160,17 @@ def build_graph(ckpt, graph: str = "generator", device: torch.device | str = "cp
     elif graph == "style":
         encoder = ckpt.build_encoder()
         if ckpt.config.feat_num <= 0 or encoder is None:
-            raise ValueError("the style graph needs a model with an encoder (feat_num > 0 and "
+            raise OptionError("--graph", "the style graph needs a model with an encoder (feat_num > 0 and "
                              "encoder weights in the checkpoint)")
         module = StyleGraph(synth, encoder)
     else:
-        raise ValueError(f"unknown graph {graph!r} (generator, style)")
+        raise OptionError("--graph", f"unknown graph {graph!r} (generator, style)")
     return module.to(device, dtype).eval()
+
+
+def engine_info(ckpt, height: int, width: int, max_batch: int, precision: str, graph: str,
+                backend: str, **extra) -> EngineInfo:
+    """The EngineInfo an exported engine carries, from its checkpoint and build settings."""
+    return EngineInfo(ckpt.config, ckpt.features, ckpt.label_names, size=(height, width),
+                      max_batch=max_batch, precision=precision, graph=graph, backend=backend,
+                      extra=extra)

@@ -18,9 +18,10 @@ import onnx
 import torch
 
 from p2phd_infer.checkpoint import Checkpoint
+from p2phd_infer.engines.base import METADATA_KEY, info_to_json
+from p2phd_infer.files import write_atomic
 
-from .graphs import build_graph, check_size, example_inputs
-from .metadata import KEY, engine_info, info_to_json, temp_path
+from .graphs import build_graph, check_size, engine_info, example_inputs
 
 OPSET = 18
 INSTANCE_SUM = "instance_sum"
@@ -52,7 +53,7 @@ def export_onnx_model(ckpt: Checkpoint, height: int, width: int, max_batch: int 
     info = engine_info(ckpt, height, width, max_batch, "fp32", graph, "onnx",
                        inputs=names, opset=OPSET)
     del model.metadata_props[:]
-    model.metadata_props.add(key=KEY, value=info_to_json(info))
+    model.metadata_props.add(key=METADATA_KEY, value=info_to_json(info))
     model.producer_name = "p2phd-infer"
     onnx.checker.check_model(model)
     return model
@@ -61,13 +62,7 @@ def export_onnx_model(ckpt: Checkpoint, height: int, width: int, max_batch: int 
 def save_onnx(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
     """Atomic write: a temporary name in the same folder, then a rename."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out, ".onnx")
-    try:
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: onnx.save_model(model, str(tmp)), suffix=".onnx")
     return out
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from p2phd_infer.engine_tensorrt import import_tensorrt, trt_logger
-from p2phd_infer.engines import EngineError
+from p2phd_infer.engines.base import METADATA_KEY, info_from_json, info_to_json, sidecar_path
+from p2phd_infer.engines.tensorrt import import_tensorrt, trt_logger
+from p2phd_infer.errors import EngineError, MissingDependency
+from p2phd_infer.files import write_atomic
 
-from .metadata import (KEY, info_from_json, info_to_json, sidecar_path, temp_path,
-                       write_atomic_text)
 from .onnx_export import INSTANCE_SUM
 
 
@@ -76,13 +76,13 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
     onnx_path, out = Path(onnx_path), Path(out)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise EngineError("building a TensorRT engine needs a CUDA GPU")
+        raise MissingDependency("--device", "building a TensorRT engine needs a CUDA GPU")
     model = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
-    if KEY not in props:
-        raise EngineError(f"{onnx_path}: no p2phd-infer metadata (export it with "
+    if METADATA_KEY not in props:
+        raise EngineError(onnx_path, f"no p2phd-infer metadata (export it with "
                           f"`p2phd-infer export --format onnx`)")
-    info = info_from_json(props[KEY], onnx_path)
+    info = info_from_json(props[METADATA_KEY], onnx_path)
     max_batch = int(max_batch or info.max_batch or 1)
     H, W = info.size
     logger = trt_logger(trt)
@@ -95,7 +95,7 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(_parser_error(parser.get_error(i))
                                for i in range(parser.num_errors))
-            raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+            raise EngineError(onnx_path, f"TensorRT's ONNX parser failed: {errors}")
         config = builder.create_builder_config()
         if fp16:
             config.set_flag(trt.BuilderFlag.FP16)
@@ -117,17 +117,16 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
             f"(minutes at 2048x1024)")
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise EngineError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
+            raise EngineError(onnx_path, f"TensorRT could not build an engine (see its log above)")
+        write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
         info.max_batch = max_batch
         info.precision = "fp16" if fp16 else "fp32"
-        info.extra.update(backend="tensorrt", tensorrt=trt.__version__,
+        info.backend = "tensorrt"
+        info.extra.update(tensorrt=trt.__version__,
                           gpu=torch.cuda.get_device_name(device))
         # Sidecar first: a plan without its metadata is refused at load, never half-described.
-        write_atomic_text(sidecar_path(out), info_to_json(info))
-        _write_bytes_atomic(out, memoryview(plan))
+        write_atomic(sidecar_path(out), info_to_json(info))
+        write_atomic(out, bytes(memoryview(plan)))
     return out
 
 
@@ -136,13 +135,4 @@ def _parser_error(error) -> str:
     node = error.node_name() if hasattr(error, "node_name") else ""
     return f"{desc} (node {node})" if node else desc
 
-
-def _write_bytes_atomic(path: Path, data) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 

@@ -40,7 +40,7 @@ def instance_norm_act_reference(x: torch.Tensor, relu: bool = False,
         y = y + residual
     if pad:
         y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
-    return y.contiguous(memory_format=_format_of(x))
+    return y.contiguous(memory_format=memory_format_of(x))
 
 
 @jit
@@ -166,7 +166,7 @@ def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
         # Too small for the one-mirror-per-side store; pad afterwards (tiny maps only).
         y = instance_norm_act_triton(x, relu, residual, 0, eps, tile_p, tile_c, max_chunks)
         return F.pad(y, (pad, pad, pad, pad), mode="reflect").contiguous(
-            memory_format=_format_of(x))
+            memory_format=memory_format_of(x))
     if residual is not None and tuple(residual.shape) != tuple(x.shape):
         raise ValueError(f"residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
     HW = H * W
@@ -193,7 +193,7 @@ def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
     _finalize_kernel[(B, ncb)](part, stats, C, HW, chunk, nchunk, eps, BLOCK_C=block_c,
                                BLOCK_K=max(16, min(64, next_pow2(nchunk))), num_warps=4)
     out = torch.empty(B, C, H + 2 * pad, W + 2 * pad, dtype=x.dtype, device=x.device,
-                      memory_format=_format_of(x))
+                      memory_format=memory_format_of(x))
     r = residual if residual is not None else x
     _apply_kernel[(tiles, B, ncb)](
         x, stats, r, out, C, H, W, x.stride(0), x.stride(1), x.stride(2), x.stride(3),
@@ -204,7 +204,7 @@ def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
     return out
 
 
-def _format_of(x: torch.Tensor) -> torch.memory_format:
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     # channels_last when x is laid out so (and not also plain contiguous, as for C == 1).
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous():

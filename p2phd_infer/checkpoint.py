@@ -13,14 +13,12 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .errors import CheckpointError
+from .files import write_atomic
 from .networks import build_encoder, build_generator
 
 FORMAT = "p2phd-infer"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 @dataclass
@@ -78,33 +76,29 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> None:
         {int(k): str(v) for k, v in ckpt.label_names.items()},
         **ckpt.extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(path, f"no such checkpoint file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling fault is a bad file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e.__class__.__name__}: "
+        raise CheckpointError(path, f"not a readable torch checkpoint ({e.__class__.__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = (" (an official pix2pixHD state dict? convert it with `p2phd-infer import-official`)"
                 if isinstance(data, dict) and any(k.startswith("model.") for k in data) else "")
-        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint{hint}")
+        raise CheckpointError(path, f"not a {FORMAT} checkpoint{hint}")
     if data.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {data.get('version')}, this release "
+        raise CheckpointError(path, f"checkpoint version {data.get('version')}, this release "
                               f"reads {VERSION}")
     try:
         cfg = ModelConfig.from_dict(data["config"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad architecture config: {e}") from None
+        raise CheckpointError(path, f"bad architecture config: {e}") from None
     known = {"format", "version", "config", "generator", "encoder", "features", "label_names"}
     ckpt = Checkpoint(cfg, data["generator"], data.get("encoder"), data.get("features"),
                       data.get("label_names"), {k: v for k, v in data.items() if k not in known})
@@ -116,5 +110,5 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if ckpt.encoder is not None:
                 check_state(build_encoder(cfg), ckpt.encoder, "encoder")
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise CheckpointError(path, f"{e}") from None
     return ckpt

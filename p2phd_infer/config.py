@@ -40,6 +40,12 @@ class ModelConfig:
         return 2 ** (self.n_downsample_global + self.enhancers)
 
     @property
+    def min_size(self) -> int:
+        """The smallest height and width the network takes: at the bottom of G1 each side must
+        be at least 2 pixels for the residual blocks' reflection padding."""
+        return 2 * self.stride
+
+    @property
     def needs_instance_map(self) -> bool:
         return self.use_instance or self.feat_num > 0
 

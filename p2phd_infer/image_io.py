@@ -1,4 +1,4 @@
-"""Reading id maps and photos, writing images atomically.
+"""Reading id maps and photos, encoding and writing images (atomically, through files.py).
 
 Label maps are 8- or 16-bit single-channel PNGs of class ids; instance maps are 16-bit PNGs
 (Cityscapes `*_instanceIds.png`). Both decode to exact int32: ids never pass through a float.
@@ -12,56 +12,62 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import InputError, OptionError
+from .files import write_atomic
+from .locations import read_bytes
+
 try:  # fpng: a fast lossless PNG encoder (~10 ms per 2048x1024 frame against ~200 ms for zlib)
     import fpng as _fpng
 except Exception:  # noqa: BLE001 - optional; Pillow is the fallback
     _fpng = None
 
 
-class InputError(ValueError):
-    """A bad input file: the message names the file and the fault."""
-
-    def __init__(self, path: str | os.PathLike, fault: str):
-        self.path = str(path)
-        self.fault = fault
-        super().__init__(f"{path}: {fault}")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_id_png(path: str | os.PathLike) -> np.ndarray:
-    """A single-channel PNG of ids (8-bit, 16-bit, 32-bit or palette indices) -> int32 [H,W]."""
-    path = Path(path)
+def read_id_png(location: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """A single-channel PNG of ids (8-bit, 16-bit, 32-bit or palette indices) -> int32 [H,W].
+
+    Anything else is refused naming the file: not a PNG (a JPEG named .png would decode to
+    wrong ids), a colour image, or more than `max_pixels` pixels (checked from the header,
+    before the pixels are decoded)."""
+    data = read_bytes(location)
+    if not data.startswith(PNG_SIGNATURE):
+        what = "a JPEG" if data[:3] == b"\xff\xd8\xff" else "empty" if not data else "not a PNG"
+        raise InputError(location, f"{what} file, not a PNG id map (label and instance maps must "
+                                   f"be lossless PNGs)")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            W, H = im.size
+            if max_pixels is not None and W * H > max_pixels:
+                raise InputError(location, f"{W}x{H} is {W * H:,} pixels, above the limit of "
+                                           f"{max_pixels:,} (--max-pixels)")
             mode = im.mode
-            if mode in ("L", "P"):
+            if mode not in ("L", "P", "I", "1") and not mode.startswith("I;16"):
+                raise InputError(location, f"expected a single-channel id map, found a {mode} "
+                                           f"image ({len(im.getbands())} channels)")
+            im.load()
+            if mode in ("L", "P", "1"):
                 arr = np.asarray(im, dtype=np.uint8)
             elif mode.startswith("I;16"):
                 arr = np.asarray(im).astype(np.uint16)
-            elif mode == "I":
-                arr = np.asarray(im, dtype=np.int32)
-            elif mode == "1":
-                arr = np.asarray(im, dtype=np.uint8)
             else:
-                raise InputError(path, f"expected a single-channel id map, found a {mode} image "
-                                       f"({len(im.getbands())} channels)")
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
+                arr = np.asarray(im, dtype=np.int32)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(location, "not a readable PNG (corrupt or truncated)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(location, f"not a readable PNG ({e.__class__.__name__}: {e})") from None
     return arr.astype(np.int32, copy=False)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """A photo -> uint8 [H,W,3]."""
-    path = Path(path)
+    data = read_bytes(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
 
@@ -81,22 +87,7 @@ def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
         return buf.getvalue()
-    raise ValueError(f"unknown image format {fmt!r} (png or jpg)")
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader (or a resumed run)
-    never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    raise OptionError("--format", f"unknown image format {fmt!r} (png or jpg)")
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .errors import InputError
 from .config import ModelConfig
 from .kernels.instance_mean import instance_mean
 from .networks import Encoder, downsample_2x
@@ -36,10 +37,10 @@ def encode_photo(encoder: Encoder, cfg: ModelConfig, image: torch.Tensor,
     B, _, H, W = image.shape
     m = encoder_multiple(cfg)
     if H % m or W % m:
-        raise ValueError(f"photo size {W}x{H} is not a multiple of {m} (the encoder's "
+        raise InputError(f"photo size {W}x{H} is not a multiple of {m} (the encoder's "
                          f"{cfg.n_downsample_E} downsamplings at 1/{2 ** cfg.enhancers} resolution)")
     if tuple(inst.shape) != (B, 1, H, W):
-        raise ValueError(f"instance map {tuple(inst.shape)} does not match the photo {(B, 1, H, W)}")
+        raise InputError(f"instance map {tuple(inst.shape)} does not match the photo {(B, 1, H, W)}")
     return encoder_features(encoder, image.float(), inst, cfg.enhancers).float()
 
 

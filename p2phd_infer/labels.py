@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import OptionError
+
 # Cityscapes label ids, names and colours (the official table of cityscapesscripts' labels.py).
 CITYSCAPES_LABELS: dict[int, tuple[str, tuple[int, int, int]]] = {
     0: ("unlabeled", (0, 0, 0)), 1: ("ego vehicle", (0, 0, 0)),
@@ -61,7 +63,7 @@ def encode_labels(label: torch.Tensor, inst: torch.Tensor | None, label_nc: int,
     parts = [one_hot(label, label_nc, dtype)]
     if use_instance:
         if inst is None:
-            raise ValueError("this model needs an instance map")
+            raise OptionError("this model needs an instance map")
         parts.append(edge_map(inst).to(dtype))
     if feat is not None:
         parts.append(feat.to(dtype))
@@ -77,4 +79,4 @@ def resolve_label(name_or_id: str, label_names: dict[int, str] | None = None) ->
     for i, n in names.items():
         if n == s or n.replace(" ", "_") == s:
             return int(i)
-    raise ValueError(f"unknown label name {s!r}; known: {', '.join(sorted(set(names.values())))}")
+    raise OptionError(f"unknown label name {s!r}; known: {', '.join(sorted(set(names.values())))}")

@@ -2,13 +2,16 @@
 features_clustered_010.npy): the architecture is read off the tensor shapes."""
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, check_state
+from .checkpoint import Checkpoint, check_state
+from .errors import CheckpointError
+from .files import write_atomic
 from .config import ModelConfig
 from .labels import CITYSCAPES_NAMES
 from .networks import build_encoder, build_generator
@@ -19,16 +22,16 @@ _STALE = ("running_mean", "running_var", "num_batches_tracked")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(path, f"no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable torch state dict ({e.__class__.__name__})") \
+        raise CheckpointError(path, f"not a readable torch state dict ({e.__class__.__name__})") \
             from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a plain state dict of tensors")
+        raise CheckpointError(path, f"expected a plain state dict of tensors")
     # DataParallel prefixes; norm buffers from old PyTorch carry nothing (InstanceNorm, no stats).
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {k: v for k, v in state.items() if not k.endswith(_STALE)}
@@ -42,7 +45,7 @@ def _indices(state: dict, prefix: str) -> list[int]:
 def infer_generator_config(state: dict[str, torch.Tensor], label_nc: int, use_instance: bool,
                            path: str = "generator") -> ModelConfig:
     if "model.1.weight" not in state or state["model.1.weight"].dim() != 4:
-        raise CheckpointError(f"{path}: no `model.1.weight` conv: not a pix2pixHD generator")
+        raise CheckpointError(path, f"no `model.1.weight` conv: not a pix2pixHD generator")
     enhancers = len({m.group(1) for k in state if (m := re.match(r"model(\d+)_1\.", k))})
     ngf_global, input_nc = state["model.1.weight"].shape[:2]
     blocks = {i for i in _indices(state, "model.") if f"model.{i}.conv_block.1.weight" in state}
@@ -70,28 +73,70 @@ def infer_encoder_shape(state: dict[str, torch.Tensor], path: str = "encoder") -
     convs = [i for i in _indices(state, "model.") if state.get(f"model.{i}.weight") is not None
              and state[f"model.{i}.weight"].dim() == 4]
     if not convs or state[f"model.{convs[0]}.weight"].shape[1] != 3:
-        raise CheckpointError(f"{path}: not a pix2pixHD encoder (first conv must take 3 channels)")
+        raise CheckpointError(path, f"not a pix2pixHD encoder (first conv must take 3 channels)")
     nef = int(state[f"model.{convs[0]}.weight"].shape[0])
     feat_num = int(state[f"model.{convs[-1]}.weight"].shape[0])
     return nef, (len(convs) - 2) // 2, feat_num
 
 
+# The official features_clustered_010.npy is np.save of a pickled dict {label: float64 [k, F]}.
+# A pickle can name any callable, so it is read with an unpickler that knows only what np.save
+# writes for such a dict: arrays and dtypes (dict, int, float and str need no class lookup).
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays, "
+                                     f"dtypes, dicts, numbers and strings are allowed)")
+
+
+def _read_npy_object(path: Path):
+    """The object an .npy file holds: a plain array, or the pickled object of an object array,
+    through the allow-listed unpickler."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        if dtype.hasobject:
+            return _ArrayUnpickler(f, encoding="latin1").load()
+    return np.load(path)          # numeric data: numpy refuses pickles by default
+
+
 def read_official_features(path: str | Path) -> dict[int, torch.Tensor]:
     """features_clustered_010.npy: np.save of a pickled {label: float64 [k, feat_num]}."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such features file")
     try:
-        obj = np.load(path, allow_pickle=True, encoding="latin1")
-        table = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable features file ({e.__class__.__name__})") \
-            from None
+        obj = _read_npy_object(path)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(path, f"not a features file: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any other fault is a bad file
+        raise CheckpointError(path, f"not a readable features file ({e.__class__.__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    table = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and \
+        obj.shape == () else obj
     if not isinstance(table, dict):
-        raise CheckpointError(f"{path}: expected a dict {{label: centres}}, got {type(table).__name__}")
+        raise CheckpointError(path, f"expected a dict {{label: centres}}, got "
+                                    f"{type(table).__name__}")
     out = {}
     for k, v in table.items():
+        if not isinstance(k, (int, np.integer)) or not isinstance(v, np.ndarray) or \
+                v.dtype.kind != "f":
+            raise CheckpointError(path, f"label {k!r}: expected an integer label and a float "
+                                        f"array of centres")
         arr = np.asarray(v, dtype=np.float64)
         if arr.ndim != 2:
-            raise CheckpointError(f"{path}: label {k}: centres of shape {arr.shape}, expected [k, F]")
+            raise CheckpointError(path, f"label {k}: centres of shape {arr.shape}, expected [k, F]")
         if arr.shape[0] == 0:
             continue
         out[int(k)] = torch.from_numpy(arr.astype(np.float32))
@@ -99,11 +144,19 @@ def read_official_features(path: str | Path) -> dict[int, torch.Tensor]:
 
 
 def write_official_features(features: dict[int, torch.Tensor], path: str | Path) -> None:
+    """The official format, written as np.save would write the dict (a 0-d object array,
+    pickled), so NVIDIA's code reads it; atomically."""
     table = {int(k): np.asarray(v, dtype=np.float64) for k, v in features.items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, table, allow_pickle=True)
-    tmp.replace(path)
+    holder = np.empty((), dtype=object)
+    holder[()] = table
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|O", "fortran_order": False, "shape": ()})
+            pickle.dump(holder, f, protocol=3)
+
+    write_atomic(path, write)
 
 
 def import_official(generator: str | Path, encoder: str | Path | None = None,

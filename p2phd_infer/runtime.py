@@ -35,8 +35,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .frames import Frame, decode_frame, label_range_fault
-from .image_io import InputError, write_image
+from .engines.base import resolve_device
+from .errors import EngineFault, InputError, OptionError, OutputError, QueueFull, RuntimeClosed
+from .ids import as_ids, check_maps, decode_maps
+from .image_io import write_image
+from .locations import is_uri
+from .plan import DEFAULT_MAX_PIXELS, Job
 from .synthesizer import to_uint8
 
 
@@ -44,41 +48,6 @@ from .synthesizer import to_uint8
 # torch's warning about non-writable arrays says nothing useful here.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
                         category=UserWarning)
-
-
-class QueueFull(RuntimeError):
-    """The runtime holds `max_queue_size` requests and was told not to block."""
-
-
-class RuntimeClosed(RuntimeError):
-    """submit() after close()."""
-
-
-class EngineFault(RuntimeError):
-    """The engine raised on the batch this request was in; `__cause__` is the engine's error."""
-
-    def __init__(self, name: str, error: BaseException, batch_size: int):
-        self.name = name
-        self.error = error
-        super().__init__(f"{name}: engine failed (batch of {batch_size}): "
-                         f"{error.__class__.__name__}: {error}")
-
-
-class OutputError(RuntimeError):
-    """The synthesized image could not be written."""
-
-    def __init__(self, path: str | os.PathLike, error: BaseException):
-        self.path = str(path)
-        super().__init__(f"{path}: could not write the output ({error.__class__.__name__}: {error})")
-
-
-def concrete_device(device) -> torch.device:
-    """'cuda' -> 'cuda:N' (the current device): tensors always carry an index, so comparisons
-    and torch.cuda.set_device need one."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def default_workers() -> int:
@@ -92,7 +61,7 @@ class _Job:
     name: str                         # what error messages call this request
     label_src: Any                    # path, numpy array or tensor
     inst_src: Any
-    out: Path | None                  # None: the Future's result is the uint8 [H,W,3] array
+    out: str | None                   # None: the Future's result is the uint8 [H,W,3] array
     caller_event: Any = None          # CUDA event on the submitter's stream (device inputs)
     label: torch.Tensor | None = None   # [H,W] ids: host (pinned on CUDA) or on the device
     inst: torch.Tensor | None = None    # None when the model needs no instance map
@@ -126,12 +95,13 @@ class Runtime:
     def __init__(self, engine, *, max_batch_size: int = 1, max_queue_delay_us: int = 0,
                  max_queue_size: int | None = None, block_when_full: bool = True,
                  decode_workers: int | None = None, encode_workers: int | None = None,
-                 style=None, jpeg_quality: int = 95, max_inflight_batches: int | None = None):
+                 style=None, jpeg_quality: int = 95, max_inflight_batches: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if max_batch_size < 1 or max_queue_delay_us < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue_delay_us >= 0")
         self.engine = engine
         self.cfg = engine.config
-        self.device = concrete_device(engine.device)
+        self.device = resolve_device(engine.device)
         info = engine.info
         if info.max_batch is not None:
             max_batch_size = min(max_batch_size, info.max_batch)
@@ -143,6 +113,7 @@ class Runtime:
         self.block_when_full = block_when_full
         self.style = style if self.cfg.feat_num > 0 else None
         self.jpeg_quality = jpeg_quality
+        self.max_pixels = max_pixels
         self.stats = RuntimeStats()
         self._cuda = self.device.type == "cuda"
         # Label ids travel as uint8 when they fit (4x fewer bytes to copy); int32 on the device.
@@ -186,12 +157,13 @@ class Runtime:
                timeout: float | None = None) -> Future:
         """One frame -> a Future of the output path (with `out`) or of uint8 [H,W,3].
 
-        label/inst: PNG paths, a Frame, or integer id maps [H,W] (numpy or torch, CPU or CUDA).
+        label/inst: PNG locations (paths or URIs), a plan Job (its maps and output), or integer
+        id maps [H,W] (numpy or torch, CPU or CUDA).
         block/timeout: override `block_when_full` for this call; a timed-out wait raises QueueFull.
         """
-        if isinstance(label, Frame):
-            label, inst, name = label.label, label.inst if inst is None else inst, \
-                name or str(label.label)
+        if isinstance(label, Job):
+            label, inst, out, name = label.label, label.inst if inst is None else inst, \
+                label.out if out is None else out, name or label.label
         if name is None:
             name = str(label) if isinstance(label, (str, os.PathLike)) else None
         block = self.block_when_full if block is None else block
@@ -215,7 +187,7 @@ class Runtime:
                     raise RuntimeClosed("the runtime is closed")
             seq = next(self._seq)
             job = _Job(seq, fut, name or f"frame #{seq}", label, inst,
-                       Path(out) if out is not None else None, caller_event)
+                       str(out) if out is not None else None, caller_event)
             self._inflight += 1
             self._pending_decode += 1
             self._undispatched[seq] = job
@@ -308,68 +280,35 @@ class Runtime:
     def _prepare(self, job: _Job) -> None:
         """Decode and check one request's id maps; on CUDA, stage host maps in pinned memory."""
         cfg = self.cfg
+        size = self.engine.info.size
         if isinstance(job.label_src, (str, os.PathLike)):
-            frame = Frame(job.name, Path(job.label_src),
-                          Path(job.inst_src) if job.inst_src is not None else None)
-            label_np, inst_np = decode_frame(frame, cfg)
-            label = torch.from_numpy(label_np)
-            inst = torch.from_numpy(inst_np) if cfg.needs_instance_map else None
+            if job.inst_src is not None and not isinstance(job.inst_src, (str, os.PathLike)):
+                raise InputError(job.name, "a label file needs an instance file, not an array")
+            label, inst = decode_maps(str(job.label_src), None if job.inst_src is None else
+                                      str(job.inst_src), cfg, size=size,
+                                      max_pixels=self.max_pixels)
         else:
-            label = self._as_ids(job.label_src, "label map", job.name)
+            label = self._as_map(job.label_src, "label map", job.name)
             inst = None
             if cfg.needs_instance_map:
                 if job.inst_src is None:
                     raise InputError(job.name, "no instance map given (the model needs one)")
-                inst = self._as_ids(job.inst_src, "instance map", job.name)
-                if inst.shape != label.shape:
-                    raise InputError(job.name, f"instance map is {inst.shape[1]}x{inst.shape[0]}, "
-                                               f"the label map is {label.shape[1]}x{label.shape[0]}")
-            H, W = label.shape
-            s = cfg.stride
-            if H % s or W % s:
-                raise InputError(job.name, f"size {W}x{H} is not a multiple of the model's "
-                                           f"stride {s}")
-            if not label.is_cuda and label.numel():
-                fault = label_range_fault(*(int(v) for v in torch.aminmax(label)), cfg.label_nc)
-                if fault:
-                    raise InputError(job.name, fault)
+                inst = self._as_map(job.inst_src, "instance map", job.name)
+            check_maps(label, inst, cfg, job.name, size=size, max_pixels=self.max_pixels)
         H, W = label.shape
-        fixed = self.engine.info.size
-        if fixed is not None and (H, W) != tuple(fixed):
-            raise InputError(job.name, f"size {W}x{H}: this engine was built for "
-                                       f"{fixed[1]}x{fixed[0]}")
         if self._cuda:
             label = self._stage(label, self._label_host_dtype)
             inst = self._stage(inst, torch.int32) if inst is not None else None
         job.label, job.inst, job.size = label, inst, (H, W)
 
-    def _as_ids(self, x, what: str, name: str) -> torch.Tensor:
-        """numpy/torch integer [H,W] (or [1,H,W], [1,1,H,W]) -> a tensor [H,W]: int32 on the host,
-        any integer dtype on the engine's device (converted there, in the batch)."""
-        if isinstance(x, np.ndarray):
-            if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-                raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
-            t = torch.from_numpy(np.ascontiguousarray(x.astype(np.int64)
-                                                      if x.dtype in (np.uint32, np.uint64) else x))
-        elif isinstance(x, torch.Tensor):
-            if x.is_floating_point() or x.is_complex():
-                raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
-            t = x.detach()
-        else:
-            raise InputError(name, f"{what}: expected a file path, a numpy array or a torch "
-                                   f"tensor, got {type(x).__name__}")
+    def _as_map(self, x, what: str, name: str) -> torch.Tensor:
+        """An in-memory id map -> [H,W] (int32 on the host; on the engine's device as given)."""
+        t = as_ids(x, what, name, self.device)
         while t.dim() > 2 and t.shape[0] == 1:
             t = t[0]
         if t.dim() != 2:
             raise InputError(name, f"{what} has shape {tuple(x.shape)}; expected [H,W]")
-        if t.is_cuda and self._cuda:
-            return t if t.device == self.device else t.to(self.device)
-        t = t.cpu()
-        if t.dtype in (torch.int64, torch.uint64, torch.uint32) and t.numel():
-            lo, hi = (int(v) for v in torch.aminmax(t.long()))
-            if lo < -2**31 or hi >= 2**31:
-                raise InputError(name, f"{what} holds id {hi if hi >= 2**31 else lo}, outside int32")
-        return t.to(torch.int32).contiguous()
+        return t.contiguous()
 
     @staticmethod
     def _stage(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -527,9 +466,9 @@ class Runtime:
         try:
             write_image(job.out, rgb, self.jpeg_quality)
         except Exception as e:  # noqa: BLE001 - disk full, permissions: this output only
-            job.future.set_exception(OutputError(job.out, e))
+            job.future.set_exception(e if isinstance(e, OutputError) else OutputError(job.out, e))
         else:
-            job.future.set_result(job.out)
+            job.future.set_result(job.out if is_uri(job.out) else Path(job.out))
 
 
 def _outcome(fut: Future, return_exceptions: bool):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import OptionError
 from .kernels.feature_scatter import feature_scatter
 from .labels import CITYSCAPES_NAMES, label_from_instance, resolve_label
 
@@ -63,12 +64,12 @@ def parse_style(style: str, label_names: dict[int, str] | None = None
         key, sep, value = entry.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ValueError(f"--style entry {entry!r}: expected LABEL=CLUSTER (e.g. car=3, 26=0, "
+            raise OptionError(f"--style entry {entry!r}: expected LABEL=CLUSTER (e.g. car=3, 26=0, "
                              f"*=0)")
         try:
             index = int(value)
         except ValueError:
-            raise ValueError(f"--style entry {entry!r}: cluster index {value!r} is not an integer") \
+            raise OptionError(f"--style entry {entry!r}: cluster index {value!r} is not an integer") \
                 from None
         if key == "*":
             star = index
@@ -76,7 +77,7 @@ def parse_style(style: str, label_names: dict[int, str] | None = None
             try:
                 fixed[resolve_label(key, label_names)] = index
             except ValueError as e:
-                raise ValueError(f"--style entry {entry!r}: {e}") from None
+                raise OptionError(f"--style entry {entry!r}: {e}") from None
     return star, fixed
 
 
@@ -113,7 +114,7 @@ class StyleControl:
                     (features or {}).items() if len(v)}
         if any(k < 0 for k in features):
             bad = sorted(k for k in features if k < 0)
-            raise ValueError(f"feature dictionary: negative label ids {bad}")
+            raise OptionError(f"feature dictionary: negative label ids {bad}")
         # Padded table [L, K, F] with the cluster count per label; label ids index it directly.
         L = max(features, default=-1) + 1
         K = max((v.shape[0] for v in features.values()), default=1)
@@ -154,7 +155,7 @@ class StyleControl:
         cfg = info.config
         if cfg.feat_num <= 0:
             if style or style_image:
-                raise ValueError("this model takes no instance features (feat_num 0); --style and "
+                raise OptionError("this model takes no instance features (feat_num 0); --style and "
                                  "--style-image need a model trained with features")
             return cls(0, None, device=device)
         names = info.label_names
@@ -162,7 +163,7 @@ class StyleControl:
                     for k, v in (info.features or {}).items()}
         for label, c in features.items():
             if c.dim() != 2 or c.shape[1] != cfg.feat_num:
-                raise ValueError(f"feature dictionary: label {label} has centres of shape "
+                raise OptionError(f"feature dictionary: label {label} has centres of shape "
                                  f"{tuple(c.shape)}, the model uses {cfg.feat_num} features")
         choice = {}
         if style:
@@ -186,7 +187,7 @@ class StyleControl:
                      names: dict[int, str] | None) -> dict[int, int]:
         star, fixed = parse_style(style, names)
         if not features:
-            raise ValueError(f"--style {style!r}: this model has no feature dictionary (run "
+            raise OptionError(f"--style {style!r}: this model has no feature dictionary (run "
                              f"`p2phd-infer features` or import one)")
         choice = {}
         if star is not None:
@@ -194,7 +195,7 @@ class StyleControl:
                 k = features[label].shape[0]
                 if label not in fixed and not 0 <= star < k:
                     kmin = min(v.shape[0] for v in features.values())
-                    raise ValueError(
+                    raise OptionError(
                         f"--style '*={star}': cluster {star} is out of range for label "
                         f"{_name(label, names)}, which has clusters {_range(k)}; '*' needs an "
                         f"index every label has ({_range(kmin)})")
@@ -202,11 +203,11 @@ class StyleControl:
         for label, index in fixed.items():
             if label not in features:
                 have = ", ".join(_name(l_, names) for l_ in sorted(features))
-                raise ValueError(f"--style: label {_name(label, names)} has no feature clusters in "
+                raise OptionError(f"--style: label {_name(label, names)} has no feature clusters in "
                                  f"this model (labels with clusters: {have})")
             k = features[label].shape[0]
             if not 0 <= index < k:
-                raise ValueError(f"--style: cluster {index} is out of range for label "
+                raise OptionError(f"--style: cluster {index} is out of range for label "
                                  f"{_name(label, names)}: valid {_range(k)}")
             choice[label] = index
         return choice
@@ -261,10 +262,10 @@ def photo_instance_means(info, style_image: Path, style_inst: Path | None, encod
     from .image_io import InputError, read_id_png, read_rgb
     from .instance_features import encode_photo, instance_table
     if encoder is None:
-        raise ValueError("--style-image needs the model's encoder E: use a model.pt engine whose "
+        raise OptionError("--style-image needs the model's encoder E: use a model.pt engine whose "
                          "checkpoint holds an encoder")
     if style_inst is None:
-        raise ValueError(f"--style-image {style_image}: needs its instance map (--style-instances)")
+        raise OptionError(f"--style-image {style_image}: needs its instance map (--style-instances)")
     rgb = read_rgb(style_image)
     inst = read_id_png(style_inst)
     if rgb.shape[:2] != inst.shape:

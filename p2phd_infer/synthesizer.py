@@ -6,6 +6,8 @@ never a one-hot (ids are 36x fewer bytes to move).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -35,3 +37,10 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     """[-1,1] float [B,3,H,W] -> uint8 [B,H,W,3]: round((x+1)/2*255), clipped."""
     x = torch.round((image.float() + 1.0) * 127.5).clamp_(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor, peak: float = 2.0) -> float:
+    """PSNR in dB between two images. Images in [-1,1] (peak-to-peak 2, the default) are measured
+    on the [0,1] scale; uint8 images take peak=255."""
+    mse = float(((image.double() - reference.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)

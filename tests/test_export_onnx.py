@@ -11,11 +11,13 @@ from PIL import Image
 from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
-from p2phd_infer.engine_onnx import OnnxEngine
+from p2phd_infer.engines.onnx import OnnxEngine
 from p2phd_infer.engines import EngineError, open_engine
 from p2phd_infer.export.graphs import (MAX_INSTANCE_ID, build_graph, example_inputs,
-                                       instance_mean_export, photo_features_reference)
-from p2phd_infer.export.metadata import info_from_json, info_to_json
+                                       instance_mean_export)
+from p2phd_infer.engines.base import info_from_json, info_to_json
+from p2phd_infer.instance_features import encode_photo
+from p2phd_infer.instance_features import instance_table as id_table
 from p2phd_infer.export.onnx_export import OPSET, export_onnx, onnx_ops
 from p2phd_infer.kernels.instance_mean import instance_mean_reference
 from p2phd_infer.networks import build_encoder, build_generator
@@ -45,6 +47,19 @@ TENSORRT10_OPS = {
 TENSORRT10_OPSETS = range(9, 21)        # "TensorRT 10.0 supports ... opset 9 to opset 20"
 
 TINY = dict(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1)
+
+
+def photo_features_reference(encoder, cfg, style_image, style_inst, inst):
+    """The definition the style graph's photo features are checked against: the project's
+    encode_photo and instance_table (what `run --style-image` uses), then a plain loop over the
+    photo's ids."""
+    photo = encode_photo(encoder, cfg, style_image, style_inst)
+    out = torch.zeros(inst.shape[0], photo.shape[1], *inst.shape[2:], dtype=torch.float32)
+    for b in range(inst.shape[0]):
+        ids, means, _ = id_table(photo[b], style_inst[b])
+        for k, mean in zip(ids.tolist(), means):
+            out[b][:, inst[b, 0] == k] = mean[:, None]
+    return out
 
 
 def features_checkpoint(seed: int = 0) -> Checkpoint:

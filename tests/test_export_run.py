@@ -12,7 +12,7 @@ from PIL import Image
 from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
-from p2phd_infer.engine_aoti import AotiEngine
+from p2phd_infer.engines.aoti import AotiEngine
 from p2phd_infer.engines import EngineError, open_engine
 from p2phd_infer.export.graphs import example_inputs
 from p2phd_infer.networks import build_generator

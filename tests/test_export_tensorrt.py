@@ -14,7 +14,8 @@ from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import EngineError, EngineInfo, open_engine
-from p2phd_infer.export.metadata import info_to_json, sidecar_path, write_atomic_text
+from p2phd_infer.engines.base import info_to_json, sidecar_path
+from p2phd_infer.files import write_atomic
 from p2phd_infer.networks import build_encoder, build_generator
 
 TINY = dict(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1)
@@ -33,7 +34,7 @@ def test_missing_package_is_a_clear_error(tmp_path, no_tensorrt):
     plan.write_bytes(b"\0" * 16)
     with pytest.raises(EngineError, match="model.plan.json is missing"):
         open_engine(plan)
-    write_atomic_text(sidecar_path(plan), info_to_json(info))
+    write_atomic(sidecar_path(plan), info_to_json(info))
     with pytest.raises(EngineError, match=r"pip install 'tensorrt>=10,<11'"):
         open_engine(plan)
 
@@ -148,7 +149,7 @@ needs_trt_gpu = pytest.mark.skipif(
 @needs_trt_gpu
 @pytest.mark.parametrize("graph", ["generator", "style"])
 def test_tensorrt_fp16_plan_matches_pytorch(tmp_path, graph):
-    from p2phd_infer.engine_tensorrt import TensorRTEngine
+    from p2phd_infer.engines.tensorrt import TensorRTEngine
     from p2phd_infer.export.onnx_export import export_onnx
     from p2phd_infer.export.parity import check_engine
     from p2phd_infer.export.tensorrt_build import build_tensorrt

@@ -286,7 +286,7 @@ def test_run_bad_inputs_fail_alone(tmp_path, tiny_model):
     assert code != 0
     lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(lines) == 5, out
-    expect = {"corrupt.png": "not a readable image", "badsize.png": "not a multiple of the model's stride 8",
+    expect = {"corrupt.png": "not a readable PNG", "badsize.png": "not a multiple of the model's stride 8",
               "mismatch.png": "instance map is 32x16", "outofrange.png": "label id 9 out of range",
               "noinst.png": "no instance map found"}
     for name, fault in expect.items():

@@ -15,7 +15,9 @@ from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.networks import build_generator
-from p2phd_infer.ray_run import CRASH_FILE_ENV, remove_stray_temps
+from p2phd_infer.files import remove_temps_of, temp_path
+from p2phd_infer.plan import RunOptions
+from p2phd_infer.ray_run import SynthesisWorker, run_on_ray
 
 N_MAPS = 12
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1,
@@ -33,20 +35,35 @@ def test_ray_missing_says_how_to_install(tmp_path, monkeypatch):
     code, out = run_cli(["run", tmp_path / "labels", "--out", tmp_path / "o", "--ray"])
     assert code == 2
     assert out.strip().splitlines() == [
-        'error: --ray needs Ray, which is not installed: pip install "p2phd-infer[ray]"']
+        'error: --ray: needs Ray, which is not installed: pip install "p2phd-infer[ray]"']
 
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"p2phd-infer[ray]\")")
 
 
+class CrashingWorker(SynthesisWorker):
+    """A worker that dies like a lost node: while the file `crash` exists, the first worker to
+    remove it exits at once, after the first output of its batch is written."""
+
+    crash: str = ""
+
+    def after_frame(self, k: int) -> None:
+        if k == 0:
+            try:
+                os.unlink(self.crash)       # atomic: exactly one worker claims it
+            except FileNotFoundError:
+                return
+            os._exit(17)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A local 2-CPU Ray cluster whose workers see the crash drill's variable."""
+    """A local 2-CPU Ray cluster."""
     crash = tmp_path_factory.mktemp("drill") / "crash-once"
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {CRASH_FILE_ENV: str(crash), "OMP_NUM_THREADS": "1"}})
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield crash
     ray.shutdown()
 
@@ -102,13 +119,15 @@ def test_ray_run_matches_local_run_bytes(cluster, data, tmp_path):
 
 def test_worker_killed_mid_run_still_gives_every_output_once(cluster, data, tmp_path):
     root, local = data
+    import cloudpickle
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])    # workers cannot import tests/
     cluster.write_text("armed")      # the first worker to start a batch dies after its 1st write
-    code, out = run_cli(["run", root / "test_label", "--engine", root / "model.pt",
-                         "--out", tmp_path / "o", "--ray", "--num-workers", 2,
-                         "--batch-size", 3])
+    worker = type("Crashing", (CrashingWorker,), {"crash": str(cluster)})
+    summary = run_on_ray(RunOptions(labels=str(root / "test_label"), out=str(tmp_path / "o"),
+                                    engine=str(root / "model.pt"), ray="", num_workers=2,
+                                    batch_size=3), worker=worker)
     assert not cluster.exists(), "the drill did not fire: no worker died"
-    assert code == 0, out
-    assert f"{N_MAPS} frames: {N_MAPS} written, 0 skipped (exist), 0 failed" in out
+    assert (summary.frames, summary.written, summary.failed) == (N_MAPS, N_MAPS, 0)
     names = sorted(os.listdir(tmp_path / "o"))
     assert names == sorted(local)                          # all 12, once, no temporary files
     assert outputs(tmp_path / "o") == local                # none partial
@@ -129,15 +148,18 @@ def test_uri_inputs_and_outputs_read_and_write_through_pyarrow(cluster, data, tm
     assert code == 1, out
     assert "3 frames: 2 written, 0 skipped (exist), 1 failed" in out
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and f"file://{labels}/m03.png: not a readable image" in errors[0]
+    assert len(errors) == 1 and f"file://{labels}/m03.png: not a readable PNG" in errors[0]
     assert outputs(tmp_path / "o") == {n: local[n] for n in ("m00.png", "m07.png")}
 
 
 def test_stray_temporaries_of_dead_attempts_are_removed(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    (out / ".a.png.tmp4242").write_bytes(b"half")           # a killed write of a.png
-    (out / ".other.png.tmp1").write_bytes(b"not ours")       # another job's
+    half = temp_path(out / "a.png")
+    half.write_bytes(b"half")                                # a killed write of a.png
+    other = temp_path(out / "other.png")
+    other.write_bytes(b"not ours")                           # another job's
+    (out / ".a.png.notes").write_bytes(b"someone's file")    # not a temporary name
     (out / "a.png").write_bytes(b"done")
-    assert remove_stray_temps([{"out": str(out / "a.png")}, {"out": str(out / "b.png")}]) == 1
-    assert sorted(os.listdir(out)) == [".other.png.tmp1", "a.png"]
+    assert remove_temps_of([str(out / "a.png"), str(out / "b.png")]) == 1
+    assert sorted(os.listdir(out)) == sorted([".a.png.notes", other.name, "a.png"])

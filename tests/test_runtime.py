@@ -14,9 +14,10 @@ from PIL import Image
 from p2phd_infer.checkpoint import Checkpoint
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import Engine, EngineInfo, TorchEngine
-from p2phd_infer.image_io import InputError
+from p2phd_infer.errors import InputError
 from p2phd_infer.networks import build_generator
-from p2phd_infer.runtime import EngineFault, QueueFull, Runtime, RuntimeClosed
+from p2phd_infer.errors import EngineFault, QueueFull, RuntimeClosed
+from p2phd_infer.runtime import Runtime
 from p2phd_infer.synthesizer import to_uint8
 
 # stride 2, ids up to 255, instance maps used: small frames, ids readable from the output

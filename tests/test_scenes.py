@@ -3,7 +3,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from p2phd_infer.image_io import read_id_png, read_rgb
-from p2phd_infer.train.cli import make_scenes_cmd
+from p2phd_infer.cli.make_scenes import make_scenes_cmd
 from p2phd_infer.train.scenes import CAR, PERSON, SCENE_LABELS, make_scenes, render_scene
 
 

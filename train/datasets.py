@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from p2phd_infer.errors import Error, InputError
 from p2phd_infer.image_io import read_id_png, read_rgb
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """One error that lists every fault found in a dataset, each line naming the file."""
 
     def __init__(self, root: str | os.PathLike, faults: list[str]):
@@ -31,7 +32,8 @@ class DatasetError(ValueError):
         head = f"{root}: {len(faults)} problem{'s' if len(faults) != 1 else ''} in the dataset"
         shown = faults[:50]
         more = [f"  ... and {len(faults) - 50} more"] if len(faults) > 50 else []
-        super().__init__("\n".join([head] + [f"  {f}" for f in shown] + more))
+        Error.__init__(self, root, "\n".join([head[len(str(root)) + 2:]] +
+                                             [f"  {f}" for f in shown] + more))
 
 
 @dataclass(frozen=True)

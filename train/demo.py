@@ -17,7 +17,9 @@ import torch
 
 from p2phd_infer.checkpoint import load_checkpoint
 from p2phd_infer.image_io import write_image
+from p2phd_infer.styles import StyleControl
 from p2phd_infer.synthesizer import Synthesizer
+from p2phd_infer.synthesizer import psnr as image_psnr
 
 from .datasets import PairedDataset
 from .scenes import CAR
@@ -26,26 +28,8 @@ from .visual import colorize, to_rgb
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
-
-
-def cluster_feature_map(features: dict[int, torch.Tensor], label: torch.Tensor, inst: torch.Tensor,
-                        feat_num: int, pick) -> torch.Tensor:
-    """Each instance gets centre pick(label, instance id, k) of its label's clusters; labels
-    without clusters get zeros."""
-    B, _, H, W = label.shape
-    feat = torch.zeros(B, feat_num, H, W)
-    for b in range(B):
-        for i in inst[b].unique().tolist():
-            m = inst[b, 0] == i
-            lab = int(label[b, 0][m][0])
-            centres = features.get(lab)
-            if centres is None or len(centres) == 0:
-                continue
-            c = centres[pick(lab, i, len(centres))].float()
-            feat[b][:, m] = c[:, None]
-    return feat
+    """PSNR of two uint8 images."""
+    return image_psnr(torch.from_numpy(a), torch.from_numpy(b), peak=255.0)
 
 
 def evaluate(model: str | Path, data: str | Path, seed: int = 0) -> dict:
@@ -72,12 +56,8 @@ def evaluate(model: str | Path, data: str | Path, seed: int = 0) -> dict:
             outputs["photo_features"] = out
             result["psnr_photo_features_db"] = float(np.mean([psnr(o, r) for o, r in zip(out, real_u8)]))
         if cfg.feat_num == 0 or ckpt.features:
-            rng = np.random.default_rng(seed)
-            choice: dict = {}
-
-            def pick(lab, i, k):
-                return choice.setdefault((lab, i), int(rng.integers(k)))
-            feat = cluster_feature_map(ckpt.features, label, inst, cfg.feat_num, pick) \
+            # Random clusters as `run --seed` picks them: a hash of (seed, instance id).
+            feat = StyleControl(cfg.feat_num, ckpt.features, seed=seed).feature_map(label, inst) \
                 if cfg.feat_num else None
             out = [to_rgb(o) for o in torch.cat([
                 synth(label[i:i + 1], inst[i:i + 1], None if feat is None else feat[i:i + 1])
@@ -97,8 +77,9 @@ def car_cluster_colours(ckpt, synth, label, inst) -> dict:
     car = (label == CAR)
     with torch.no_grad():
         for c in range(k):
-            feat = cluster_feature_map(ckpt.features, label, inst, ckpt.config.feat_num,
-                                       lambda lab, i, n, c=c: c if lab == CAR else 0)
+            choice = {**{lab: 0 for lab in ckpt.features}, CAR: c}      # `--style '*=0,car=c'`
+            feat = StyleControl(ckpt.config.feat_num, ckpt.features, choice).feature_map(label,
+                                                                                         inst)
             out = torch.cat([synth(label[i:i + 1], inst[i:i + 1], feat[i:i + 1])
                              for i in range(label.shape[0])])
             rgb = torch.round((out + 1) * 127.5).clamp(0, 255)

@@ -25,15 +25,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from p2phd_infer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from p2phd_infer.checkpoint import load_checkpoint
 from p2phd_infer.config import ModelConfig
-from p2phd_infer.engines import EngineError, resolve_device
-from p2phd_infer.image_io import InputError
+from p2phd_infer.engines import resolve_device
+from p2phd_infer.errors import CheckpointError
 from p2phd_infer.instance_features import encode_photo, encoder_multiple, instance_table
 from p2phd_infer.labels import label_from_instance
 from p2phd_infer.networks import Encoder
@@ -145,7 +144,7 @@ def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
     resize_or_crop, load_size = training_load_options(ckpt, resize_or_crop, load_size)
     encoder = ckpt.build_encoder()
     if encoder is None:
-        raise CheckpointError(f"{model}: has no encoder (feat_num {cfg.feat_num}); train or import "
+        raise CheckpointError(model, f"has no encoder (feat_num {cfg.feat_num}); train or import "
                               f"one with features first")
     dev = resolve_device(device)
     encoder = encoder.to(dev).eval()
@@ -155,57 +154,3 @@ def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
                             flip=False)
     per_label, seen, kept = collect_features(encoder, cfg, dataset, dev, workers)
     return cluster_features(per_label, clusters), seen, kept
-
-
-@click.command("features")
-@click.option("--model", required=True, type=click.Path(dir_okay=False),
-              help="model.pt with an encoder; the dictionary is stored back into it.")
-@click.option("--data", required=True, type=click.Path(file_okay=False),
-              help="Training data (pix2pixHD layout: train_label/ train_inst/ train_img/).")
-@click.option("--clusters", default=10, show_default=True, type=click.IntRange(1),
-              help="k-means centres per label (at most the number of kept instances).")
-@click.option("--export-official", "export", type=click.Path(dir_okay=False),
-              help="Also write the official features_clustered_010.npy format here.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--dataset-mode", default="pix2pixhd", show_default=True,
-              type=click.Choice(["pix2pixhd", "cityscapes"]), help="Folder layout of --data.")
-@click.option("--phase", default="train", show_default=True,
-              help="Dataset split: <phase>_label/ etc., or the Cityscapes split.")
-@click.option("--resize-or-crop", default=None, type=click.Choice(["none", "scale_width"]),
-              help="Load photos as the model was trained: 'scale_width' resizes to --load-size "
-                   "[as recorded in the model, else the trainer's default: scale_width].")
-@click.option("--load-size", default=None, type=click.IntRange(32),
-              help="Width photos are scaled to with scale_width [as recorded in the model, else "
-                   "the trainer's default: 1024].")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
-              help="Photo decoding threads.")
-def features_cmd(model, data, clusters, export, device, dataset_mode, phase, resize_or_crop,
-                 load_size, workers):
-    """Cluster per-instance encoder features into the per-class dictionary of MODEL.
-
-    Every instance of every photo gets E's instance-mean feature and its area ratio
-    pixels / (H*W // 32) under its label; instances with ratio <= 0.5 are dropped; k-means per
-    label (k = min(N, --clusters), random_state 0) gives the centres that `run --style` picks
-    from. The model file is rewritten atomically. Load the photos as in training (the same
-    --resize-or-crop / --load-size as `train`): E then sees them at the resolution it was trained
-    at (G1's, for a local model).
-    """
-    from p2phd_infer.cli import fail
-    from .datasets import DatasetError
-    try:
-        feats, seen, kept = build_dictionary(model, data, clusters, device, dataset_mode, phase,
-                                             resize_or_crop, load_size, workers)
-        ckpt = load_checkpoint(model)
-    except (CheckpointError, EngineError, InputError, DatasetError, ValueError) as e:
-        raise fail(str(e))
-    if not feats:
-        raise fail(f"{data}: no instance has an area ratio above {MIN_AREA_RATIO} "
-                   f"({seen} instances seen); nothing to cluster")
-    ckpt.features = feats
-    save_checkpoint(ckpt, model)
-    if export:
-        from p2phd_infer.official import write_official_features
-        write_official_features(feats, export)
-    total = sum(v.shape[0] for v in feats.values())
-    click.echo(f"{model}: {total} centres for {len(feats)} labels from {kept} of {seen} instances "
-               f"(area ratio > {MIN_AREA_RATIO})" + (f"; official format: {export}" if export else ""))

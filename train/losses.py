@@ -66,9 +66,9 @@ def _vgg19_features() -> nn.Sequential:
 class VGG19Features(nn.Module):
     """Frozen VGG19 cut into the five slices the perceptual loss compares."""
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, random_init: bool = False):
+    def __init__(self, weights_path: str | os.PathLike | None = None):
         super().__init__()
-        path = None if random_init else find_vgg_weights(weights_path)    # fail before building
+        path = find_vgg_weights(weights_path)    # fail before building
         features = _vgg19_features()[:30]
         if path is not None:
             state = torch.load(path, map_location="cpu", weights_only=True)

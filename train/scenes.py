@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from p2phd_infer.files import write_atomic
+
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = 7, 8, 11, 21, 23, 24, 26
 SCENE_LABELS = (ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR)
 
@@ -212,9 +214,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def write_scene(scene: Scene, out: Path, stem: str, phase: str = "train") -> None:

@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p2phd_infer.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from p2phd_infer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from p2phd_infer.engines.base import resolve_device
+from p2phd_infer.errors import CheckpointError, OptionError
+from p2phd_infer.files import write_atomic
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.image_io import write_image
 from p2phd_infer.instance_features import encoder_features
@@ -87,7 +90,6 @@ class TrainOptions:
     lambda_feat: float = 10.0
     no_vgg: bool = False
     vgg_weights: str | None = None
-    vgg_random_init: bool = False          # tests only: a randomly initialised VGG19
     # Run.
     max_steps: int | None = None
     save_every: int = 1000
@@ -115,9 +117,9 @@ def resolve_config(opts: TrainOptions) -> tuple[ModelConfig, Checkpoint | None]:
             n_downsample_E=4 if opts.n_downsample_E is None else opts.n_downsample_E)
         return cfg, None
     if opts.stage != "local":
-        raise ValueError(f"--stage must be global or local, not {opts.stage!r}")
+        raise OptionError(f"--stage must be global or local, not {opts.stage!r}")
     if not opts.load_global:
-        raise ValueError("--stage local needs --load-global PATH (the global stage's model.pt)")
+        raise OptionError("--stage local needs --load-global PATH (the global stage's model.pt)")
     g = load_checkpoint(opts.load_global)
     gc = g.config
     if gc.netG != "global":
@@ -182,31 +184,25 @@ def encode_features(E: nn.Module, image: torch.Tensor, inst: torch.Tensor, enhan
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
+    """The device rule of every engine (resolve_device); under torchrun, "cuda" is the GPU of
+    this process's LOCAL_RANK."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        name = f"cuda:{local_rank}"
+    return resolve_device(name)
 
 
 def pick_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if name not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, not {name!r}")
+        raise OptionError(f"--precision must be auto, fp32, bf16 or fp16, not {name!r}")
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs CUDA (use fp32 or bf16 on the CPU)")
+        raise OptionError("--precision fp16 needs CUDA (use fp32 or bf16 on the CPU)")
     return name
 
 
 def save_torch_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ----------------------------------------------------------------------------- training
@@ -255,7 +251,7 @@ def train(opts: TrainOptions) -> Path:
             E.load_state_dict(g1_ckpt.encoder)
     vgg_loss = None
     if not opts.no_vgg:
-        vgg_loss = VGGLoss(VGG19Features(opts.vgg_weights, random_init=opts.vgg_random_init),
+        vgg_loss = VGGLoss(VGG19Features(opts.vgg_weights),
                            opts.lambda_feat).to(device)
 
     # Data. H and W must divide G's stride, and E's stride at E's resolution.
@@ -267,7 +263,7 @@ def train(opts: TrainOptions) -> Path:
                                                   shuffle=True, seed=opts.seed, drop_last=True)
     steps_per_epoch = len(sampler) // opts.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{opts.dataroot}: {len(dataset)} samples, fewer than batch size "
+        raise OptionError(f"{opts.dataroot}: {len(dataset)} samples, fewer than batch size "
                          f"{opts.batch_size} x {world} processes")
     total_steps = (opts.niter + opts.niter_decay) * steps_per_epoch
     end_step = min(total_steps, opts.max_steps) if opts.max_steps else total_steps
@@ -486,9 +482,10 @@ def _trim_log(path: Path, step: int) -> None:
     if not rows or all(int(r["step"]) <= step for r in rows):
         return
     keep = [r for r in rows if int(r["step"]) <= step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(keep)
+
+    write_atomic(path, write)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .engines import Engine, EngineError, resolve_device
+from ..errors import EngineError, MissingDependency
+from .base import METADATA_KEY, Engine, info_from_json, resolve_device, sidecar_path
 
 INSTALL_HINT = "pip install 'tensorrt>=10,<11' (TensorRT 10), or pip install 'p2phd-infer[gpu]'"
 
@@ -23,10 +24,11 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise EngineError(f"TensorRT engines need the tensorrt package: {INSTALL_HINT}") from None
+        raise MissingDependency("tensorrt", f"TensorRT engines need the tensorrt package: "
+                                f"{INSTALL_HINT}") from None
     major = int(str(tensorrt.__version__).split(".")[0])
     if major != 10:     # 11 drops the weakly typed FP16 builder flag and per-layer precisions
-        raise EngineError(f"this release builds and runs TensorRT 10 engines; tensorrt "
+        raise MissingDependency("tensorrt", f"this release builds and runs TensorRT 10 engines; tensorrt "
                           f"{tensorrt.__version__} is installed ({INSTALL_HINT})")
     return tensorrt
 
@@ -53,17 +55,16 @@ def torch_dtype(trt, dtype) -> torch.dtype:
 
 class TensorRTEngine(Engine):
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
-        from p2phd_infer.export.metadata import info_from_json, sidecar_path
         self.path = Path(path)
         meta = sidecar_path(self.path)
         if not meta.is_file():
-            raise EngineError(f"{self.path}: its metadata file {meta.name} is missing (it is "
+            raise EngineError(self.path, f"its metadata file {meta.name} is missing (it is "
                               f"written beside the plan by `p2phd-infer export --format tensorrt`)")
         self.info = info_from_json(meta.read_bytes(), meta)
         trt = import_tensorrt()
         self.device = resolve_device("cuda" if device in (None, "auto") else device)
         if self.device.type != "cuda":
-            raise EngineError("TensorRT engines run on CUDA only (--device cuda)")
+            raise EngineError("--device", "TensorRT engines run on CUDA only (--device cuda)")
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         logger = trt_logger(trt)
@@ -73,7 +74,7 @@ class TensorRTEngine(Engine):
             self.runtime = trt.Runtime(logger)
             self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
-                raise EngineError(f"{self.path}: TensorRT could not load this plan (built by "
+                raise EngineError(self.path, f"TensorRT could not load this plan (built by "
                                   f"another TensorRT version or for another GPU? rebuild it with "
                                   f"`p2phd-infer export --format tensorrt` on this machine)")
             self.context = self.engine.create_execution_context()
@@ -88,7 +89,7 @@ class TensorRTEngine(Engine):
                 lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
                 self.profile[name] = (tuple(lo), tuple(hi))
         if "image" not in self.dtypes:
-            raise EngineError(f"{self.path}: the plan has no 'image' output")
+            raise EngineError(self.path, f"the plan has no 'image' output")
         self._lock = threading.Lock()
         self._done: torch.cuda.Event | None = None
 
@@ -106,20 +107,20 @@ class TensorRTEngine(Engine):
         """A clear error for shapes outside the optimisation profile the plan was built with."""
         lo, hi = self.profile[name]
         if len(shape) != len(lo):
-            raise EngineError(f"{name}: {len(shape)}-d input, this engine takes {len(lo)}-d")
+            raise EngineError(name, f"{len(shape)}-d input, this engine takes {len(lo)}-d")
         if not lo[0] <= shape[0] <= hi[0]:
             raise EngineError(f"batch {shape[0]} is outside this TensorRT engine's profile "
                               f"{lo[0]}..{hi[0]} (rebuild with a larger --max-batch)")
         for d in range(1, len(shape)):
             if not lo[d] <= shape[d] <= hi[d]:
                 what = f"{hi[3]}x{hi[2]}" if len(hi) == 4 else str(hi)
-                raise EngineError(f"{name}: shape {tuple(shape)} does not fit this TensorRT "
+                raise EngineError(name, f"shape {tuple(shape)} does not fit this TensorRT "
                                   f"engine, built for {what} (profile {lo}..{hi})")
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
-            raise EngineError(f"{self.path}: engine inputs {missing} were not given")
+            raise EngineError(self.path, f"engine inputs {missing} were not given")
         tensors = {}
         for name in self.inputs:
             self.check_profile(name, tuple(feeds[name].shape))
@@ -127,7 +128,7 @@ class TensorRTEngine(Engine):
         with torch.cuda.device(self.device), self._lock:
             for name, t in tensors.items():
                 if not self.context.set_input_shape(name, tuple(t.shape)):
-                    raise EngineError(f"{name}: TensorRT rejected shape {tuple(t.shape)}")
+                    raise EngineError(name, f"TensorRT rejected shape {tuple(t.shape)}")
             out_shape = tuple(self.context.get_tensor_shape("image"))
             out = torch.empty(out_shape, dtype=self.dtypes["image"], device=self.device)
             for name, t in tensors.items():
@@ -138,7 +139,7 @@ class TensorRTEngine(Engine):
             if self._done is not None:
                 stream.wait_event(self._done)
             if not self.context.execute_async_v3(stream.cuda_stream):
-                raise EngineError(f"{self.path}: TensorRT execution failed")
+                raise EngineError(self.path, f"TensorRT execution failed")
             self._done = torch.cuda.Event()
             self._done.record(stream)
         # Inputs converted above are freed on return; torch's allocator reuses their memory only

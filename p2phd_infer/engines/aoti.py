@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .engines import Engine, EngineError, resolve_device
+from ..errors import EngineError, MissingDependency
+from .base import METADATA_KEY, Engine, info_from_json, resolve_device, sidecar_path
 
 INT_INPUTS = ("label", "inst", "style_inst")
 
@@ -25,22 +26,25 @@ def read_package_metadata(path: Path) -> dict[str, str] | None:
                     if isinstance(doc, dict) and "AOTI_DEVICE_KEY" in doc:
                         return doc
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise EngineError(f"{path}: not an AOTInductor package ({e.__class__.__name__}: {e})") \
+        raise EngineError(path, f"not an AOTInductor package ({e.__class__.__name__}: {e})") \
             from None
     return None
 
 
 class AotiEngine(Engine):
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
-        from p2phd_infer.export.metadata import KEY, info_from_json
         self.path = Path(path)
         meta = read_package_metadata(self.path)
-        built_for = (meta or {}).get("AOTI_DEVICE_KEY", "cpu")
+        if meta is None:
+            raise EngineError(self.path, "no AOTInductor metadata in this package, so the device "
+                                         "it was compiled for is unknown (export it again with "
+                                         "`p2phd-infer export --format aoti`)")
+        built_for = meta["AOTI_DEVICE_KEY"]
         if device is None or device == "auto":
             device = built_for
         self.device = resolve_device(device)
         if self.device.type != built_for:
-            raise EngineError(f"{self.path}: this package was compiled for {built_for}; it cannot "
+            raise EngineError(self.path, f"this package was compiled for {built_for}; it cannot "
                               f"run on {self.device.type} (export again with --device "
                               f"{self.device.type})")
         index = -1 if self.device.type == "cpu" else (
@@ -51,13 +55,13 @@ class AotiEngine(Engine):
             self.model = torch._inductor.aoti_load_package(str(self.path), device_index=index)
         except Exception as e:  # noqa: BLE001 - any loader fault is a bad or foreign package
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise EngineError(f"{self.path}: cannot load this AOTInductor package "
+            raise EngineError(self.path, f"cannot load this AOTInductor package "
                               f"({e.__class__.__name__}: {first})") from None
-        meta = meta if meta and KEY in meta else self.model.get_metadata()
-        if KEY not in meta:
-            raise EngineError(f"{self.path}: no p2phd-infer metadata in this package (export it "
+        meta = meta if METADATA_KEY in meta else self.model.get_metadata()
+        if METADATA_KEY not in meta:
+            raise EngineError(self.path, f"no p2phd-infer metadata in this package (export it "
                               f"with `p2phd-infer export --format aoti`)")
-        self.info = info_from_json(meta[KEY], self.path)
+        self.info = info_from_json(meta[METADATA_KEY], self.path)
         self.input_names = list(self.info.extra.get("inputs", ["label", "inst"]))
         self.dtype = torch.float16 if self.info.precision == "fp16" else torch.float32
         # One AOTInductor runner per package: calls from several threads take turns.

@@ -1,39 +1,12 @@
-"""`p2phd-infer train` and `p2phd-infer make-scenes` (also `python -m p2phd_infer.train`)."""
+"""`p2phd-infer train` (also `python -m p2phd_infer.train`, which torchrun launches)."""
 from __future__ import annotations
 
 import os
 
 import click
 
-from p2phd_infer.checkpoint import CheckpointError
-
-
-def _fail(message: str) -> click.exceptions.Exit:
-    click.echo(f"error: {message}", err=True)
-    return click.exceptions.Exit(2)
-
-
-@click.command("make-scenes")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
-@click.option("--count", default=100, show_default=True, type=click.IntRange(1), help="Number of scenes.")
-@click.option("--size", default="512x256", show_default=True, help="WxH of every scene.")
-@click.option("--seed", default=0, show_default=True, help="Scene i depends only on (seed, i).")
-@click.option("--phase", default="train", show_default=True,
-              help="Folder prefix: <phase>_label, <phase>_inst, <phase>_img.")
-def make_scenes_cmd(out, count, size, seed, phase):
-    """Write synthetic street scenes in the pix2pixHD layout.
-
-    Cityscapes label ids (road, sidewalk, building, vegetation, sky, car, person), 16-bit instance
-    maps (class*1000+k for cars and persons) and photos rendered from them with per-class texture
-    and shading and a colour per car and person.
-    """
-    from .scenes import make_scenes, parse_size
-    try:
-        w, h = parse_size(size)
-    except ValueError as e:
-        raise _fail(f"--size: {e}")
-    make_scenes(out, count, w, h, seed, phase, progress=True)
-    click.echo(f"{out}: {count} scenes at {w}x{h} (seed {seed})")
+from ..errors import Error
+from . import fail
 
 
 @click.command("train")
@@ -79,7 +52,6 @@ def make_scenes_cmd(out, count, size, seed, phase):
 @click.option("--no-vgg", is_flag=True, help="Train without the VGG19 perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False),
               help="torchvision vgg19-dcbb9e9d.pth [torch hub cache]; never downloaded.")
-@click.option("--vgg-random-init", is_flag=True, hidden=True)
 @click.option("--max-steps", type=int, help="Stop after this many steps (the schedule is unchanged).")
 @click.option("--save-every", default=1000, show_default=True, help="Checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoints-dir/--name exactly.")
@@ -98,13 +70,10 @@ def train_cmd(no_progress, **kw):
 
     Writes model.pt, trainer_state.pt, loss_log.csv and samples/ into CHECKPOINTS_DIR/NAME.
     """
-    from .datasets import DatasetError
-    from .trainer import TrainOptions, train
+    from ..train.trainer import TrainOptions, train
     try:
         path = train(TrainOptions(progress=not no_progress, **kw))
-    except DatasetError as e:
-        raise _fail(str(e))
-    except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as e:
-        raise _fail(str(e).splitlines()[0] if not isinstance(e, ValueError) else str(e))
+    except Error as e:          # python -m p2phd_infer.train runs this command outside `main`
+        raise fail(e) from None
     if os.environ.get("RANK", "0") == "0":      # torchrun: one line, from rank 0
         click.echo(f"wrote {path}")

@@ -1,4 +1,5 @@
-"""FastGenerator: the Synthesizer's function (ids in, image out) built for speed on CUDA.
+"""The fast mode of the PyTorch engine: the Synthesizer's function (ids in, image out) built for
+speed on CUDA (FastGenerator), replayed as CUDA graphs (CudaGraphs).
 
 Same weights (the official module tree, shared, not copied), same function as
 synthesizer.Synthesizer; what changes is how each layer runs:
@@ -10,7 +11,7 @@ synthesizer.Synthesizer; what changes is how each layer runs:
   activations stay channels_last from the first layer to the last;
 - fp16 / bf16 / fp32 and channels_last convolutions (cuDNN);
 - sync-free and fixed-shape (no .item(), no host reads), so a whole forward is capturable as one
-  CUDA graph (FastEngine in engine_fast.py replays one per (batch, H, W)), and the kernels are
+  CUDA graph (CudaGraphs below replays one per (batch, H, W)), and the kernels are
   registered as torch custom ops so torch.compile can take the rest (`compile_fast`).
 
 On the CPU, or with backend="torch", every layer runs its plain-torch reference through the same
@@ -19,32 +20,34 @@ Each lever can be switched off separately (lookup_full, lookup_pooled, fused_nor
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint
-from .config import ModelConfig
-from .kernels._backend import use_triton
-from .kernels.instance_norm import (_format_of, instance_norm_act_reference,
-                                    instance_norm_act_triton)
-from .kernels.label_conv import (LabelConv, encode_codes, label_codes, label_conv_triton,
+from ..checkpoint import Checkpoint
+from ..config import ModelConfig
+from ..errors import EngineError
+from ..kernels._backend import use_triton
+from ..kernels.instance_norm import instance_norm_act, memory_format_of
+from ..kernels.label_conv import (LabelConv, encode_codes, label_codes, label_conv_triton,
                                   pooled_size)
-from .labels import edge_map, encode_labels
-from .networks import ResnetBlock, downsample_2x
+from ..labels import edge_map, encode_labels
+from ..networks import ResnetBlock, downsample_2x
 
 # --- custom ops: the Triton kernels as opaque nodes torch.compile can trace around -------------
 
 
 @torch.library.custom_op("p2phd_infer::instance_norm_act", mutates_args=())
 def _in_op(x: torch.Tensor, relu: bool, residual: torch.Tensor | None, pad: int) -> torch.Tensor:
-    return instance_norm_act_triton(x, relu, residual, pad)
+    return instance_norm_act(x, relu, residual, pad, backend="triton")
 
 
 @_in_op.register_fake
 def _(x, relu, residual, pad):
     B, C, H, W = x.shape
-    return x.new_empty(B, C, H + 2 * pad, W + 2 * pad).contiguous(memory_format=_format_of(x))
+    return x.new_empty(B, C, H + 2 * pad, W + 2 * pad).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("p2phd_infer::label_conv", mutates_args=())
@@ -117,7 +120,7 @@ class FastGenerator(nn.Module):
                  lookup_pooled: bool = False, fused_norm: bool = True):
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise EngineError("", f"backend must be one of {BACKENDS}, got {backend!r}")
         if isinstance(generator, Checkpoint):
             generator = generator.build_generator()
         elif isinstance(generator, dict):
@@ -161,11 +164,10 @@ class FastGenerator(nn.Module):
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
     def _norm(self, x, relu, residual, pad, triton_ok):
-        if triton_ok and self.fused_norm:
-            if self.use_custom_ops:
-                return torch.ops.p2phd_infer.instance_norm_act(x, relu, residual, pad)
-            return instance_norm_act_triton(x, relu, residual, pad)
-        return instance_norm_act_reference(x, relu, residual, pad)
+        fused = triton_ok and self.fused_norm
+        if fused and self.use_custom_ops:
+            return torch.ops.p2phd_infer.instance_norm_act(x, relu, residual, pad)
+        return instance_norm_act(x, relu, residual, pad, backend="triton" if fused else "torch")
 
     def _padded(self, t: torch.Tensor, p: int, need: int) -> torch.Tensor:
         if p == need:
@@ -242,14 +244,15 @@ class FastGenerator(nn.Module):
                 feat: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
         if label.device.type != self.device.type:
-            raise ValueError(f"input is on {label.device}, this FastGenerator on {self.device}")
+            raise EngineError("", f"input is on {label.device}, this FastGenerator on "
+                                  f"{self.device}")
         triton_ok = use_triton(self.backend, label)
         if cfg.feat_num > 0 and feat is None:
             B, _, H, W = label.shape
             feat = torch.zeros(B, cfg.feat_num, H, W, dtype=self.dtype, device=label.device)
         feat = feat if cfg.feat_num > 0 else None
         if cfg.use_instance and inst is None:
-            raise ValueError("this model needs an instance map")
+            raise EngineError("", "this model needs an instance map")
         edge = edge_map(inst) if cfg.use_instance else None
         code = label_codes(label, edge, cfg.label_nc) if triton_ok else None
         n = cfg.enhancers
@@ -274,8 +277,77 @@ class FastGenerator(nn.Module):
 
 def compile_fast(gen: FastGenerator, mode: str = "default"):
     """torch.compile of a FastGenerator, its Triton kernels kept as custom ops. With mode
-    max-autotune, inductor's own CUDA graphs are left off (FastEngine captures its own)."""
+    max-autotune, inductor's own CUDA graphs are left off (CudaGraphs captures its own)."""
     gen.use_custom_ops = True
     if mode == "max-autotune":
         mode = "max-autotune-no-cudagraphs"
     return torch.compile(gen, mode=mode, dynamic=False)
+
+
+# --- CUDA graphs ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    label: torch.Tensor
+    inst: torch.Tensor | None
+    feat: torch.Tensor | None
+    out: torch.Tensor
+
+
+class CudaGraphs:
+    """A sync-free, fixed-shape forward replayed as CUDA graphs, one per input signature.
+
+    A forward of the 2048x1024 generator is ~100 kernel launches; on the GPU the launch gaps add
+    up, so the whole forward is captured once per (batch, H, W, inst?, feat?) and replayed: the
+    caller's ids are copied into the graph's static input buffers, the graph runs, and the static
+    output is copied out (so a result stays valid after the next call)."""
+
+    def __init__(self, forward, device: torch.device, feat_dtype: torch.dtype,
+                 copy_output: bool = True):
+        self.forward = forward
+        self.device = device
+        self.feat_dtype = feat_dtype
+        self.copy_output = copy_output
+        self._graphs: dict[tuple, _Graph] = {}
+        self._pool = None
+
+    def __call__(self, label: torch.Tensor, inst: torch.Tensor | None,
+                 feat: torch.Tensor | None = None) -> torch.Tensor:
+        B, _, H, W = label.shape
+        key = (B, H, W, inst is not None, feat is not None)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._graphs[key] = self._capture(label, inst, feat)
+        g.label.copy_(label, non_blocking=True)
+        if inst is not None:
+            g.inst.copy_(inst, non_blocking=True)
+        if feat is not None:
+            g.feat.copy_(feat, non_blocking=True)
+        g.graph.replay()
+        return g.out.clone() if self.copy_output else g.out
+
+    def _capture(self, label, inst, feat) -> _Graph:
+        dev = self.device
+        s_label = torch.empty(label.shape, dtype=torch.int32, device=dev).copy_(label)
+        s_inst = None if inst is None else torch.empty(inst.shape, dtype=torch.int32,
+                                                       device=dev).copy_(inst)
+        s_feat = None if feat is None else torch.empty(feat.shape, dtype=self.feat_dtype,
+                                                       device=dev).copy_(feat)
+        # Warm up on a side stream (Triton compiles, cuDNN picks algorithms, the allocator
+        # settles), then capture one forward into a graph sharing this object's memory pool.
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.forward(s_label, s_inst, s_feat)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads of the runtime (pinned-memory decode workers) may touch
+        # CUDA while this one captures.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            out = self.forward(s_label, s_inst, s_feat)
+        return _Graph(graph, s_label, s_inst, s_feat, out)

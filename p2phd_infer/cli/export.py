@@ -4,8 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint
+from ..engines import open_engine, resolve_device
+from ..engines.tensorrt import import_tensorrt
+from ..errors import MissingDependency, OptionError
+from ..export.graphs import check_size
+from ..export.parity import check_engine
+from ..files import check_writable, temp_path
 
 SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2",)}
 
@@ -45,31 +52,24 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
     The engine file carries the architecture, label names, feature dictionary, frame size, max
     batch and precision. Batch is dynamic (1..--max-batch); height and width are fixed.
     """
-    from p2phd_infer.checkpoint import CheckpointError, load_checkpoint
-    from p2phd_infer.cli import fail
-    from p2phd_infer.engines import EngineError
-
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES[fmt]:
-        raise fail(f"{out}: a {fmt} engine file must end in {' or '.join(SUFFIXES[fmt])}")
+        raise OptionError(out, f"a {fmt} engine file must end in {' or '.join(SUFFIXES[fmt])}")
     if fmt == "onnx" and fp16:
-        raise fail("ONNX export is fp32 (TensorRT builds its fp16 engine from it: "
-                   "--format tensorrt)")
-    try:
-        ckpt = load_checkpoint(engine_path)
-        _validate(ckpt, fmt, height, width, fp16, device, graph)
-        with tqdm(total=3, desc=f"export {fmt}", unit="step", leave=False) as bar:
-            engine = _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph,
-                             timing_cache, bar)
-            bar.update(1)
-            result = None
-            if check:
-                from .parity import check_engine
-                bar.set_postfix_str("parity check")
-                result = check_engine(engine, ckpt)
-            bar.update(1)
-    except (CheckpointError, EngineError, ValueError) as e:
-        raise fail(str(e))
+        raise OptionError("--fp16", "ONNX export is fp32 (TensorRT builds its fp16 engine from "
+                                    "it: --format tensorrt)")
+    check_writable(out)
+    ckpt = load_checkpoint(engine_path)
+    _validate(ckpt, fmt, height, width, fp16, device, graph)
+    with tqdm(total=3, desc=f"export {fmt}", unit="step", leave=False) as bar:
+        engine = _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph,
+                         timing_cache, bar)
+        bar.update(1)
+        result = None
+        if check:
+            bar.set_postfix_str("parity check")
+            result = check_engine(engine, ckpt)
+        bar.update(1)
     size = out.stat().st_size / 2**20
     click.echo(f"{out}: {fmt} {graph} engine, {width}x{height}, batch 1..{max_batch}, "
                f"{engine.info.precision}, {size:.1f} MiB")
@@ -80,51 +80,36 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
 
 def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
     """The cheap checks, before any slow work (and before the progress bar)."""
-    from .graphs import check_size
     check_size(ckpt.config, height, width, graph)
     if graph == "style" and (ckpt.config.feat_num <= 0 or ckpt.encoder is None):
-        raise ValueError("--graph style needs a model with an encoder (feat_num > 0 and encoder "
-                         "weights in the checkpoint)")
-    if fmt == "aoti":
-        dev = torch.device(_aoti_device(device))
-        if fp16 and dev.type != "cuda":
-            raise ValueError("fp16 AOTInductor packages are built for CUDA (--device cuda)")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but this PyTorch sees no CUDA device")
+        raise OptionError("--graph", "style needs a model with an encoder (feat_num > 0 and "
+                                     "encoder weights in the checkpoint)")
+    dev = resolve_device(device)
+    if fmt == "aoti" and fp16 and dev.type != "cuda":
+        raise OptionError("--fp16", "fp16 AOTInductor packages are built for CUDA (--device cuda)")
     if fmt == "tensorrt":
-        from p2phd_infer.engine_tensorrt import import_tensorrt
         import_tensorrt()           # a missing package fails before the slow export
-        if not torch.cuda.is_available():
-            raise ValueError("building a TensorRT engine needs a CUDA GPU; none is visible")
-
-
-def _aoti_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return str(torch.device(device))
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+        if dev.type != "cuda":
+            raise MissingDependency("--device", "building a TensorRT engine needs a CUDA GPU; "
+                                                "none is visible")
 
 
 def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timing_cache, bar):
-    from p2phd_infer.engines import open_engine
-    from .onnx_export import export_onnx
-    from .metadata import temp_path
+    from ..export.onnx_export import export_onnx
     if fmt == "onnx":
         bar.set_postfix_str("torch.onnx (dynamo)")
         export_onnx(ckpt, out, height, width, max_batch, graph)
         bar.update(1)
         return open_engine(out, "cpu")
     if fmt == "aoti":
-        from .aoti_export import export_aoti
-        dev = _aoti_device(device)
+        from ..export.aoti_export import export_aoti
+        dev = str(resolve_device(device))
         bar.set_postfix_str(f"AOTInductor compile for {dev}")
         export_aoti(ckpt, out, height, width, max_batch, graph, dev, bool(fp16))
         bar.update(1)
         return open_engine(out, dev)
-    from .tensorrt_build import build_tensorrt
-    dev = "cuda" if device == "auto" else device
+    from ..export.tensorrt_build import build_tensorrt
+    dev = str(resolve_device(device))
     onnx_tmp = temp_path(out, ".onnx")
     try:
         bar.set_postfix_str("ONNX for TensorRT")
@@ -137,5 +122,3 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
     bar.update(1)
     return open_engine(out, dev)
 
-
-__all__ = ["export_cmd"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engines import Engine, EngineError, resolve_device
+from ..errors import EngineError, MissingDependency
+from .base import METADATA_KEY, Engine, info_from_json, resolve_device, sidecar_path
 
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 INT_INPUTS = ("label", "inst", "style_inst")
@@ -22,7 +23,7 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise EngineError("ONNX engines need onnxruntime: pip install onnxruntime "
+        raise MissingDependency("onnxruntime", "ONNX engines need it: pip install onnxruntime "
                           "(onnxruntime-gpu for CUDA)") from None
     return onnxruntime
 
@@ -34,16 +35,15 @@ def _choose_device(device, available: list[str]) -> torch.device:
         return torch.device("cuda" if cuda else "cpu")
     dev = resolve_device(device)
     if dev.type == "cuda" and not has_cuda_provider:
-        raise EngineError("--device cuda asked for, but this onnxruntime has no CUDA provider "
+        raise MissingDependency("--device", "cuda asked for, but this onnxruntime has no CUDA provider "
                           "(pip install onnxruntime-gpu)")
     if dev.type not in ("cpu", "cuda"):
-        raise EngineError(f"ONNX engines run on cpu or cuda, not {dev.type}")
+        raise EngineError("--device", f"ONNX engines run on cpu or cuda, not {dev.type}")
     return dev
 
 
 class OnnxEngine(Engine):
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
-        from p2phd_infer.export.metadata import KEY, info_from_json
         ort = _import_onnxruntime()
         self.path = Path(path)
         available = ort.get_available_providers()
@@ -56,12 +56,12 @@ class OnnxEngine(Engine):
             meta = self.session.get_modelmeta().custom_metadata_map
         except Exception as e:  # noqa: BLE001 - any load fault is a bad file
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise EngineError(f"{self.path}: not a loadable ONNX model ({e.__class__.__name__}: "
+            raise EngineError(self.path, f"not a loadable ONNX model ({e.__class__.__name__}: "
                               f"{first})") from None
-        if KEY not in meta:
-            raise EngineError(f"{self.path}: no p2phd-infer metadata in this ONNX file (export it "
+        if METADATA_KEY not in meta:
+            raise EngineError(self.path, f"no p2phd-infer metadata in this ONNX file (export it "
                               f"with `p2phd-infer export --format onnx`)")
-        self.info = info_from_json(meta[KEY], self.path)
+        self.info = info_from_json(meta[METADATA_KEY], self.path)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.providers = self.session.get_providers()
 
@@ -108,7 +108,7 @@ class OnnxEngine(Engine):
     def _run(self, feeds: dict[str, torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
-            raise EngineError(f"{self.path}: graph inputs {missing} were not given")
+            raise EngineError(self.path, f"graph inputs {missing} were not given")
         tensors = {n: self._prepare(n, feeds[n]) for n in self.input_names}
         if self.device.type == "cpu":
             out = self.session.run(["image"], {n: t.numpy() for n, t in tensors.items()})[0]

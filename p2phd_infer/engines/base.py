@@ -1,0 +1,232 @@
+"""What every engine shares: the interface, its typed description (EngineInfo), the metadata
+document every engine file carries, the checks on what an engine is fed, and the device rule.
+
+An engine takes device tensors `label` int32 [B,1,H,W], `inst` int32 [B,1,H,W] and, for feature
+models, `feat` float [B,F,H,W]; it returns float [B,3,H,W] in [-1,1] on its device. A style
+engine (an exported style-from-photo graph) takes `style(label, inst, style_image, style_inst)`
+instead. Each engine carries what the runtime needs (architecture, feature dictionary, label
+names), so a run needs nothing but the engine file.
+
+The metadata document is the same JSON for every exported file: ONNX keeps it in
+metadata_props, an AOTInductor package in its metadata map, a TensorRT plan in the sidecar
+`<plan>.json` (a plan is TensorRT's own serialisation, which other tools must still read).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import EngineError, MissingDependency, OptionError
+
+METADATA_KEY = "p2phd_infer"     # metadata_props key (ONNX) / metadata key (AOTInductor)
+METADATA_FORMAT = "p2phd-infer-engine"
+METADATA_VERSION = 1
+GRAPHS = ("generator", "style")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Instance ids of exported style graphs index a table: the range of 16-bit instance PNGs.
+MAX_INSTANCE_ID = 65535
+
+
+@dataclass
+class EngineInfo:
+    config: ModelConfig
+    features: dict[int, torch.Tensor] | None = None
+    label_names: dict[int, str] | None = None
+    size: tuple[int, int] | None = None          # fixed (H, W) for engines built for one size
+    max_batch: int | None = None
+    precision: str = "fp32"
+    graph: str = "generator"                     # "generator" or "style"
+    backend: str = "torch"                       # what runs it: torch, onnx, aoti, tensorrt, ...
+    extra: dict = field(default_factory=dict)    # build details (inputs, compile settings)
+
+    def __post_init__(self):
+        if self.graph not in GRAPHS:
+            raise EngineError("", f"unknown graph kind {self.graph!r} ({', '.join(GRAPHS)})")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise EngineError("", f"max batch {self.max_batch} must be at least 1")
+        if self.size is not None and (self.size[0] < 1 or self.size[1] < 1):
+            raise EngineError("", f"frame size {self.size} must be positive")
+
+
+# --- the metadata document ------------------------------------------------------------------
+
+
+def info_to_json(info: EngineInfo) -> str:
+    """EngineInfo -> JSON text. float32 feature centres survive the round trip exactly (a float32
+    widened to a Python float prints with enough digits to come back to the same float32)."""
+    doc = {
+        "format": METADATA_FORMAT, "version": METADATA_VERSION,
+        "config": info.config.to_dict(),
+        "label_names": None if info.label_names is None else
+        {str(int(k)): str(v) for k, v in info.label_names.items()},
+        "features": None if info.features is None else
+        {str(int(k)): torch.as_tensor(v, dtype=torch.float32).tolist()
+         for k, v in info.features.items()},
+        "size": None if info.size is None else [int(info.size[0]), int(info.size[1])],
+        "max_batch": None if info.max_batch is None else int(info.max_batch),
+        "precision": info.precision,
+        "graph": info.graph,
+        "backend": info.backend,
+        "extra": info.extra,
+    }
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def info_from_json(text: str | bytes, source: str | os.PathLike) -> EngineInfo:
+    """JSON text -> EngineInfo; EngineError naming `source` for anything malformed."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise EngineError(source, f"engine metadata is not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != METADATA_FORMAT:
+        raise EngineError(source, "no p2phd-infer engine metadata (export it with "
+                                  "`p2phd-infer export`)")
+    if doc.get("version") != METADATA_VERSION:
+        raise EngineError(source, f"engine metadata version {doc.get('version')!r}, this release "
+                                  f"reads {METADATA_VERSION}")
+    try:
+        cfg = ModelConfig.from_dict(doc["config"])
+        names = doc.get("label_names")
+        feats = doc.get("features")
+        size = doc.get("size")
+        extra = dict(doc.get("extra") or {})
+        info = EngineInfo(
+            config=cfg,
+            features=None if feats is None else
+            {int(k): torch.tensor(v, dtype=torch.float32).reshape(-1, cfg.feat_num)
+             for k, v in feats.items()},
+            label_names=None if names is None else {int(k): str(v) for k, v in names.items()},
+            size=None if size is None else (int(size[0]), int(size[1])),
+            max_batch=None if doc.get("max_batch") is None else int(doc["max_batch"]),
+            precision=str(doc.get("precision", "fp32")),
+            graph=str(doc.get("graph", extra.pop("graph", "generator"))),
+            backend=str(doc.get("backend", extra.pop("backend", "torch"))),
+            extra=extra,
+        )
+    except EngineError as e:
+        raise EngineError(source, f"bad engine metadata: {e.fault}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise EngineError(source, f"bad engine metadata ({e.__class__.__name__}: {e})") from None
+    if info.precision not in PRECISIONS:
+        raise EngineError(source, f"bad engine metadata: precision {info.precision!r}")
+    return info
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where a TensorRT plan's metadata lives: `<plan>.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+# --- devices --------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The one device rule: None/"auto" -> cuda if present, else cpu; "cuda" -> "cuda:N" (the
+    current device), so tensors compare equal and set_device has an index. OptionError for a
+    device this PyTorch cannot run on."""
+    if device is None or (isinstance(device, str) and device.strip() in ("auto", "")):
+        if device is not None and device.strip() == "":
+            raise OptionError("--device", "empty; give cpu, cuda, cuda:N or auto")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise OptionError("--device", f"{device!r} is not a device (cpu, cuda, cuda:N or auto)") \
+            from None
+    if dev.type not in ("cpu", "cuda"):
+        raise OptionError("--device", f"{device!r}: this project runs on cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MissingDependency("--device", f"{device!r} asked for, but this PyTorch sees no "
+                                                f"CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise OptionError("--device", f"{device!r}: there are {torch.cuda.device_count()} "
+                                          f"CUDA devices")
+    return dev
+
+
+# --- the interface --------------------------------------------------------------------------
+
+
+class Engine:
+    info: EngineInfo
+    device: torch.device
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.info.config
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else type(self).__name__
+
+    def __call__(self, label: torch.Tensor, inst: torch.Tensor,
+                 feat: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def style(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
+              style_inst: torch.Tensor) -> torch.Tensor:
+        raise EngineError(self.name, "a generator graph has no photo input; export --graph "
+                                     "style for style from a photo")
+
+    def check_shape(self, label: torch.Tensor) -> None:
+        """EngineError for a batch or frame size this engine cannot take."""
+        B, _, H, W = label.shape
+        if self.info.size is not None and (H, W) != tuple(self.info.size):
+            raise EngineError(self.name, f"this engine was built for {self.info.size[1]}x"
+                                         f"{self.info.size[0]}, the input is {W}x{H}")
+        if self.info.max_batch is not None and B > self.info.max_batch:
+            raise EngineError(self.name, f"batch {B} exceeds this engine's max batch "
+                                         f"{self.info.max_batch}")
+
+    def generator_feeds(self, label: torch.Tensor, inst: torch.Tensor, feat: torch.Tensor | None,
+                        takes_feat: bool) -> dict[str, torch.Tensor]:
+        """The inputs of an exported generator graph. A features model given no `feat` gets zeros,
+        as the PyTorch Synthesizer does; a style-from-photo graph is refused (it needs `.style`)."""
+        if self.info.graph == "style":
+            raise EngineError(self.name, f"this is a style-from-photo graph; it needs an example "
+                                         f"photo ({type(self).__name__}.style), or export "
+                                         f"--graph generator for `run`")
+        self.check_shape(label)
+        feeds = {"label": label, "inst": inst}
+        if takes_feat:
+            B, _, H, W = label.shape
+            F = self.config.feat_num
+            if feat is None:
+                feat = torch.zeros(B, F, H, W, device=label.device)
+            elif tuple(feat.shape) != (B, F, H, W):
+                raise EngineError(self.name, f"feat has shape {tuple(feat.shape)}, this engine "
+                                             f"needs {(B, F, H, W)}")
+            feeds["feat"] = feat
+        return feeds
+
+    def style_feeds(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
+                    style_inst: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inputs of an exported style-from-photo graph, checked: shapes agree and instance
+        ids fit the graph's instance-mean table (0..MAX_INSTANCE_ID, 16-bit maps)."""
+        if self.info.graph != "style":
+            raise EngineError(self.name, "a generator graph has no photo input; export --graph "
+                                         "style for style from a photo")
+        self.check_shape(label)
+        B, _, H, W = label.shape
+        if tuple(inst.shape) != (B, 1, H, W) or tuple(style_inst.shape) != (B, 1, H, W):
+            raise EngineError(self.name, f"inst {tuple(inst.shape)} and style_inst "
+                                         f"{tuple(style_inst.shape)} must both be {(B, 1, H, W)}")
+        if tuple(style_image.shape) != (B, 3, H, W):
+            raise EngineError(self.name, f"style_image has shape {tuple(style_image.shape)}, the "
+                                         f"photo must be {(B, 3, H, W)} (same size as the frame)")
+        for what, ids in (("inst", inst), ("style_inst", style_inst)):
+            lo, hi = (int(v) for v in torch.aminmax(ids))
+            if lo < 0 or hi > MAX_INSTANCE_ID:
+                raise EngineError(self.name, f"{what}: instance id {lo if lo < 0 else hi} out of "
+                                             f"range 0..{MAX_INSTANCE_ID} (16-bit instance maps)")
+        return {"label": label, "inst": inst, "style_image": style_image, "style_inst": style_inst}

@@ -1,0 +1,102 @@
+"""The one place id maps are checked, whatever they come from: PNG files (decode_maps), the
+Runtime's in-memory frames and the embedding API (as_ids, then check_maps).
+
+A label map holds class ids 0..label_nc-1; an instance map holds instance ids (Cityscapes:
+class*1000+k) that stay exact int32 end to end, never a float and never wrapped. A frame is
+refused, naming its source, when an id does not fit, when its size is not a multiple of the
+network's stride or below its minimum, when the two maps differ in size, or when it has more
+pixels than the limit (its one-hot alone would need gigabytes).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .errors import InputError
+from .image_io import read_id_png
+
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
+
+
+def label_range_fault(lo: int, hi: int, label_nc: int) -> str | None:
+    """What is wrong with a label map whose ids span lo..hi, or None when they all fit."""
+    if lo >= 0 and hi < label_nc:
+        return None
+    return (f"label id {hi if hi >= label_nc else lo} out of range: the model has label_nc "
+            f"{label_nc} (ids 0..{label_nc - 1})")
+
+
+def as_ids(x, what: str, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """numpy/torch integer ids, [H,W] or with leading batch/channel dims -> a tensor of the same
+    shape: int32 when on the host (InputError for ids outside int32: they would wrap and merge
+    instances); on `device` (a CUDA device) tensors already there keep their dtype, since a range
+    check there would wait for the device."""
+    if isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
+            raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
+        if x.dtype in (np.uint32, np.uint64):
+            if x.size and int(x.max()) > INT32_MAX:
+                raise InputError(name, f"{what} holds id {int(x.max())}, outside int32")
+            x = x.astype(np.int64)
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor):
+        if x.is_floating_point() or x.is_complex():
+            raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
+        t = x.detach()
+    else:
+        raise InputError(name, f"{what}: expected a file path, a numpy array or a torch tensor, "
+                               f"got {type(x).__name__}")
+    if t.is_cuda and device is not None and device.type == "cuda":
+        return t if t.device == device else t.to(device)
+    t = t.cpu()
+    if t.dtype in (torch.int64, torch.uint64, torch.uint32) and t.numel():
+        lo, hi = (int(v) for v in torch.aminmax(t.long()))
+        if lo < INT32_MIN or hi > INT32_MAX:
+            raise InputError(name, f"{what} holds id {hi if hi > INT32_MAX else lo}, outside "
+                                   f"int32 (instance ids are kept exact, never wrapped)")
+    return t.to(torch.int32)
+
+
+def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig, name: str, *,
+               inst_name: str | None = None, size: tuple[int, int] | None = None,
+               max_pixels: int | None = None) -> None:
+    """InputError naming `name` (or `inst_name` for the instance map) unless label [..,H,W] and
+    inst fit the model: size a multiple of the stride and at least the minimum, equal shapes,
+    label ids in range (on the host), and at most `max_pixels` pixels. `size`: the (H, W) an
+    engine was built for, if it was."""
+    H, W = label.shape[-2:]
+    if max_pixels is not None and H * W > max_pixels:
+        raise InputError(name, f"{W}x{H} is {H * W:,} pixels, above the limit of {max_pixels:,} "
+                               f"(--max-pixels)")
+    m, s = cfg.min_size, cfg.stride
+    if H < m or W < m:
+        raise InputError(name, f"size {W}x{H} is below this model's minimum {m}x{m}")
+    if H % s or W % s:
+        raise InputError(name, f"size {W}x{H} is not a multiple of the model's stride {s}")
+    if size is not None and (H, W) != tuple(size):
+        raise InputError(name, f"size {W}x{H}: this engine was built for {size[1]}x{size[0]}")
+    if inst is not None and tuple(inst.shape) != tuple(label.shape):
+        raise InputError(inst_name or name, f"instance map is {inst.shape[-1]}x{inst.shape[-2]}, "
+                                            f"its label map {name} is {W}x{H}")
+    if not label.is_cuda and label.numel():
+        fault = label_range_fault(*(int(v) for v in torch.aminmax(label)), cfg.label_nc)
+        if fault:
+            raise InputError(name, fault)
+
+
+def decode_maps(label: str, inst: str | None, cfg: ModelConfig, *, size=None,
+                max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PNG locations -> checked int32 [H,W] tensors (label, inst; inst None for a model that
+    takes no instance map)."""
+    label_t = torch.from_numpy(read_id_png(label, max_pixels))
+    inst_t = None
+    if cfg.needs_instance_map:
+        if inst is None:
+            raise InputError(label, "no instance map found (the model needs one): give "
+                                    "--instances DIR, or use Cityscapes names or a *_inst/ "
+                                    "sibling folder")
+        inst_t = torch.from_numpy(read_id_png(inst, max_pixels))
+    check_maps(label_t, inst_t, cfg, str(label), inst_name=None if inst is None else str(inst),
+               size=size, max_pixels=max_pixels)
+    return label_t, inst_t

@@ -1,0 +1,198 @@
+"""The run plan: what `p2phd-infer run` does, written once for every executor.
+
+    RunOptions ─▶ plan(): discover the label maps, pair each with its instance map, name its
+    output, drop outputs that exist ─▶ Plan (jobs) ─▶ an executor (local_run.py, ray_run.py)
+    ─▶ RunSummary with one {file, fault} record per failed frame.
+
+A frame's label map pairs with an instance map by, in order:
+  1. the same relative name in the `instances` folder;
+  2. Cityscapes names in one folder (`X_gtFine_labelIds.png` <-> `X_gtFine_instanceIds.png`);
+  3. pix2pixHD sibling folders (`test_label/` <-> `test_inst/`).
+Locations are local paths or URIs (locations.py); the rules are the same for both.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import InputError, OptionError
+from .files import write_atomic
+from .locations import existing, is_uri, join, kind, list_files, resolve
+
+LABEL_SUFFIX = "_labelIds.png"
+INSTANCE_SUFFIX = "_instanceIds.png"
+OUTPUT_FORMATS = ("png", "jpg")
+DEFAULT_MAX_PIXELS = 2048 * 2048 * 2     # twice Cityscapes' 2048x1024: an 8 K frame still fits
+
+
+@dataclass
+class RunOptions:
+    """Every option of `run`, in one place: the CLI builds it, both executors take it."""
+    labels: str | None = None            # folder, one PNG, or a URI; None: the bundled samples
+    out: str = "out"
+    instances: str | None = None
+    engine: str | None = None            # None: the bundled demo model
+    device: str = "auto"
+    precision: str = "fp32"
+    mode: str = "auto"                   # PyTorch engine: auto, fast, plain
+    compile: bool = False
+    batch_size: int = 1
+    max_delay_us: int = 2000
+    workers: int | None = None
+    format: str = "png"
+    quality: int = 95
+    overwrite: bool = False
+    style: str | None = None
+    seed: int = 0
+    style_image: str | None = None
+    style_instances: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    summary_json: str | None = None
+    progress: bool = True
+    # Ray: None runs locally; "" the running (or a new local) cluster; "auto"; "ray://HEAD:10001"
+    ray: str | None = None
+    num_workers: int | None = None
+    gpus_per_worker: float | None = None
+
+    def __post_init__(self):
+        checks = [("--batch-size", self.batch_size, 1, 4096), ("--quality", self.quality, 1, 100),
+                  ("--max-delay-us", self.max_delay_us, 0, 60_000_000),
+                  ("--max-pixels", self.max_pixels, 1, 2**34)]
+        if self.workers is not None:
+            checks.append(("--workers", self.workers, 1, 256))
+        if self.num_workers is not None:
+            checks.append(("--num-workers", self.num_workers, 1, 100_000))
+        for name, value, lo, hi in checks:
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise OptionError(name, f"{value!r} is outside {lo}..{hi}")
+        if self.format not in OUTPUT_FORMATS:
+            raise OptionError("--format", f"{self.format!r}: one of {', '.join(OUTPUT_FORMATS)}")
+        if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 1024:
+            raise OptionError("--gpus-per-worker", f"{self.gpus_per_worker!r} is outside 0..1024")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One frame to synthesize: locations of its maps and its output."""
+    name: str                 # output name relative to the output folder, without suffix
+    label: str
+    inst: str | None          # None when no instance map was found
+    out: str
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]           # what is left to do
+    frames: int               # frames found
+    skipped: int              # outputs that already existed
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0               # frames found
+    written: int = 0
+    skipped: int = 0              # outputs that already existed
+    failed: int = 0
+    seconds: float = 0.0          # synthesis wall time, engine load excluded
+    frames_per_second: float = 0.0
+    failures: list[dict] = field(default_factory=list)   # {"file": ..., "fault": ...}
+    settings: dict = field(default_factory=dict)
+
+    def add_failure(self, record: dict) -> None:
+        self.failed += 1
+        self.failures.append(record)
+
+    def line(self, where: str = "") -> str:
+        return (f"{self.frames} frames: {self.written} written, {self.skipped} skipped (exist), "
+                f"{self.failed} failed; {self.frames_per_second:.2f} frames/s "
+                f"({self.seconds:.1f} s){where}")
+
+    def write_json(self, path: str) -> None:
+        write_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
+
+
+def sample_labels() -> Path:
+    """The sample label maps bundled with the demo model."""
+    from .engines import default_engine_path
+    return default_engine_path().parent / "labels"
+
+
+def _is_png(location: str) -> bool:
+    return location.lower().endswith(".png")
+
+
+def _instance_candidates(label: str, rel: str, instances: str | None) -> list[str]:
+    sep = "/" if is_uri(label) else None
+    cands = []
+    if instances is not None:
+        cands.append(join(instances, rel))
+    if label.endswith(LABEL_SUFFIX):
+        cands.append(label[: -len(LABEL_SUFFIX)] + INSTANCE_SUFFIX)
+    parts = label.split("/") if sep else list(Path(label).parts)
+    for i, part in enumerate(parts[:-1]):
+        if part.endswith("_label"):      # test_label/ -> test_inst/, train_label/ -> train_inst/
+            new = parts[:i] + [part[: -len("_label")] + "_inst"] + parts[i + 1:]
+            cands.append("/".join(new) if sep else str(Path(*new)))
+    return cands
+
+
+def discover(labels: str, instances: str | None = None) -> list[tuple[str, str, str | None]]:
+    """(name, label, inst) for every label map under `labels` (a folder, searched recursively,
+    or one file; local or a URI), sorted by name. `name` is the path relative to the folder
+    without its suffix; `inst` is None where no instance map pairs."""
+    labels = resolve(labels)
+    if instances is not None:
+        if is_uri(instances) != is_uri(labels):
+            raise OptionError("--instances", "label maps and instance maps must both be local "
+                                             "paths or both be URIs")
+        instances = resolve(instances)
+        if kind(instances) != "dir":
+            raise InputError(instances, "instance folder does not exist")
+    what = kind(labels)
+    if what == "missing":
+        raise InputError(labels, "no such file or folder")
+    if what == "file":
+        files, base = [labels], None
+    else:
+        base = labels
+        files = [f for f in list_files(labels) if _is_png(f)]
+        if any(f.endswith(LABEL_SUFFIX) for f in files):
+            # A Cityscapes folder also holds instance, colour and polygon files: labelIds only.
+            files = [f for f in files if f.endswith(LABEL_SUFFIX)]
+    rows, wanted = [], []
+    for f in files:
+        rel = (f[len(base):].lstrip("/") if is_uri(f) else str(Path(f).relative_to(base))) \
+            if base is not None else (f.rsplit("/", 1)[-1] if is_uri(f) else Path(f).name)
+        cands = _instance_candidates(f, rel, instances)
+        name = rel[: -len(Path(rel).suffix)] if Path(rel).suffix else rel
+        rows.append((name, f, cands))
+        wanted += cands
+    found = existing(wanted)
+    return [(name, f, next((c for c in cands if c in found), None)) for name, f, cands in rows]
+
+
+def plan(opts: RunOptions) -> Plan:
+    """The jobs of a run: every frame found, less those whose output exists (unless
+    overwrite). Refuses an output folder that would write onto an input file."""
+    labels = opts.labels
+    instances = opts.instances
+    if labels is None:
+        labels = str(sample_labels())
+        instances = instances or str(sample_labels().parent / "instances")
+    frames = discover(labels, instances)
+    out = resolve(opts.out)
+    if not is_uri(out) and Path(out).exists() and not Path(out).is_dir():
+        raise OptionError("--out", f"{out} is a file; --out is a folder")
+    jobs = [Job(name, label, inst, join(out, f"{name}.{opts.format}"))
+            for name, label, inst in frames]
+    inputs = {j.label for j in jobs} | {j.inst for j in jobs if j.inst is not None}
+    clash = next((j.out for j in jobs if j.out in inputs), None)
+    if clash is not None:
+        raise OptionError("--out", f"{out}: writing {clash} would overwrite an input map; choose "
+                                   f"another output folder")
+    if opts.overwrite:
+        return Plan(jobs, len(jobs), 0)
+    done = existing([j.out for j in jobs])
+    todo = [j for j in jobs if j.out not in done]
+    return Plan(todo, len(jobs), len(jobs) - len(todo))
