@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import sys
 import tempfile
@@ -25,9 +24,9 @@ import torch
 from p2phd_infer.checkpoint import Checkpoint
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import open_engine
-from p2phd_infer.export.parity import psnr
+from p2phd_infer.files import write_atomic
 from p2phd_infer.networks import build_generator
-from p2phd_infer.synthesizer import Synthesizer
+from p2phd_infer.synthesizer import Synthesizer, psnr
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1)
 
@@ -157,11 +156,7 @@ def emit(result: dict, out_dir) -> None:
     text = json.dumps(result, indent=1)
     print(text)
     if out_dir:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".export_check.json.tmp{os.getpid()}"
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out / "export_check.json")
+        write_atomic(Path(out_dir) / "export_check.json", text + "\n")
 
 
 if __name__ == "__main__":

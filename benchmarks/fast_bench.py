@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Issue 7 levers, one run: the official-shape generator every way, ms/frame and PSNR.
+"""The fast path's levers, one run: the official-shape generator every way, ms/frame and PSNR.
 
 On CUDA at 2048x1024 (ModelConfig() defaults: local enhancer, ngf 32, 36 inputs, random weights;
 speed does not depend on the values), each row times the engine call (ids on the device in, float
 image out) with CUDA events: warmup calls, then the median of --iters calls, divided by the batch.
-PSNR of every row against the fp32 eager Synthesizer on the same frames (images in [-1, 1], so
-PSNR = 10 log10(4 / MSE)); the quality bar is 40 dB. cudnn.benchmark is on for every row.
+PSNR of every row against the fp32 eager Synthesizer on the same frames (synthesizer.psnr: images
+in [-1, 1], peak-to-peak 2); the quality bar is 40 dB. cudnn.benchmark is on for every row.
+The fast rows are the PyTorch engine's fast path, TorchEngine(mode="fast", fast_options=...), the
+levers switched one at a time; its own check against the plain network runs inside "setup s".
 
 Rows, in this order (each row's failure is recorded and the run goes on; JSON and Markdown are
 rewritten after every row, so a run cut short keeps what it measured):
@@ -24,6 +26,9 @@ rewritten after every row, so a run cut short keeps what it measured):
 
     python benchmarks/fast_bench.py --out-dir gpu_out/fast_bench
     python benchmarks/fast_bench.py --quick --out-dir /tmp/fb      # CPU: tiny config, runs only
+
+On the CPU (--quick) the fast rows run the FastGenerator's torch references (the engine's fast
+mode is CUDA only), so the quick run checks the rows and levers are wired, not the kernels.
 """
 from __future__ import annotations
 
@@ -32,7 +37,6 @@ import datetime
 import gc
 import json
 import math
-import os
 import platform
 import statistics
 import time
@@ -43,9 +47,12 @@ import torch
 
 from p2phd_infer.checkpoint import Checkpoint
 from p2phd_infer.config import ModelConfig
-from p2phd_infer.engine_fast import FastEngine
+from p2phd_infer.engines import TorchEngine
+from p2phd_infer.engines.fast import FastGenerator
+from p2phd_infer.engines.pytorch import DTYPES
+from p2phd_infer.files import write_atomic
 from p2phd_infer.networks import build_generator
-from p2phd_infer.synthesizer import Synthesizer
+from p2phd_infer.synthesizer import Synthesizer, psnr
 
 QUICK_CFG = ModelConfig(label_nc=35, netG="local", ngf=4, n_downsample_global=1,
                         n_blocks_global=1, n_local_enhancers=1, n_blocks_local=1)
@@ -76,11 +83,6 @@ def scene(B: int, H: int, W: int, label_nc: int, device, seed: int = 0):
     return label.to(device), inst.to(device)
 
 
-def psnr(a: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = ((a.double() - ref.double()) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
 def time_calls(fn, args, warmup: int, iters: int, device) -> tuple[float, torch.Tensor]:
     """Median ms per call by CUDA events (host clock on the CPU), and the last output."""
     out = None
@@ -103,12 +105,6 @@ def time_calls(fn, args, warmup: int, iters: int, device) -> tuple[float, torch.
             out = fn(*args)
             times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times), out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
@@ -186,7 +182,9 @@ def main(out_dir, size, batches, iters, warmup, compile_, max_autotune, only, qu
     meta = {"size": f"{W}x{H}", "device_name": torch.cuda.get_device_name(dev) if dev.type ==
             "cuda" else f"CPU ({platform.machine()})", "torch": torch.__version__,
             "triton": triton_version, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "config": cfg.to_dict(), "iters": iters, "warmup": warmup, "quick": quick}
+            "config": cfg.to_dict(), "iters": iters, "warmup": warmup, "quick": quick,
+            "fast_rows": "TorchEngine(mode='fast', fast_options=...)" if dev.type == "cuda"
+            else "FastGenerator torch references (CPU: the engine's fast mode is CUDA only)"}
     rows: list[dict] = []
 
     def save():
@@ -245,8 +243,12 @@ def main(out_dir, size, batches, iters, warmup, compile_, max_autotune, only, qu
             return torch.compile(m, mode=compile_mode) if compile_mode else m
         return make
 
-    def fast(precision="fp16", **kw):
-        return lambda: FastEngine(ckpt, dev, precision=precision, **kw)
+    def fast(precision="fp16", compile=None, **levers):
+        if dev.type != "cuda":   # --quick: the same levers through the torch references
+            levers.pop("cuda_graphs", None)
+            return lambda: FastGenerator(cfg, ckpt, dev, DTYPES[precision], **levers)
+        return lambda: TorchEngine(ckpt, dev, precision=precision, mode="fast", compile=compile,
+                                   fast_options=levers)
 
     row("official fp32 eager (TF32 off)", official(torch.float32), is_ref=True)
     row("official fp16 eager", official(torch.float16))

@@ -16,15 +16,14 @@ not the GPU figures.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import click
 import torch
 
+from p2phd_infer.files import write_atomic
 from p2phd_infer.kernels import (feature_scatter, feature_scatter_reference, instance_mean,
                                  instance_mean_reference, label_encode, label_encode_reference)
 from p2phd_infer.labels import label_from_instance
@@ -184,11 +183,7 @@ def run(height: int = 1024, width: int = 2048, batch: int = 1, instances: int = 
         pass
     print(markdown(result))
     if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(out, json.dumps(result, indent=2) + "\n")
     return result
 
 

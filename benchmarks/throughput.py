@@ -4,7 +4,11 @@ published method run the plain PyTorch way.
 
   engine-only  ids already on the device -> engine -> float image (synchronised at the end).
   end-to-end   label + instance PNG files -> Runtime (decode, batch, engine, uint8, encode) ->
-               image files, exactly what `p2phd-infer run` does.
+               image files, through the executor `p2phd-infer run` uses (local_run.synthesize
+               over a plan.Plan of Jobs).
+  engines      model.pt as TorchEngine mode="plain" (eager; torch.compile with --compile), on
+               CUDA also mode="fast" (the fast path: an error, not a silent fall-back, if it
+               cannot run), and the exported engines given or built here.
   baseline     the official generator shape (ModelConfig(): local enhancer, ngf 32, 36 inputs),
                fp32 eager, batch 1, under no_grad, as NVIDIA's test.py runs it: a float label map
                one-hot encoded with a scatter, edges from float instance ids, then G. Its
@@ -14,7 +18,7 @@ published method run the plain PyTorch way.
 fp32 rows run with TF32 off (strict fp32, like the baseline); a tf32 precision row turns it on.
 Weights are random unless --engine gives a model: speed does not depend on the values.
 
-    python benchmarks/throughput.py --quick                 # CPU, 256x128, about a minute
+    python benchmarks/throughput.py --quick                 # CPU, 256x128, 20-60 s on 2 cores
     python benchmarks/throughput.py --size 2048x1024 --device cuda --out-dir benchmarks/results
 """
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,6 +88,7 @@ class Row:
     mem_kind: str             # cuda max_memory_allocated | process RSS
     format: str = ""          # output format (end-to-end)
     files: int = 0            # end-to-end: output files found on disk after the timed run
+    outputs: str = ""         # end-to-end: their folder, relative to the work folder
     vs_baseline: float = 0.0  # baseline ms/frame / this row's ms/frame (same mode and format)
     note: str = ""
 
@@ -299,7 +304,7 @@ class Baseline:
                 dt = time.perf_counter() - t0
         files = sum(1 for _ in out.glob(f"*.{fmt}"))
         return _row("end-to-end", "baseline: official G, eager, serial", "fp32", 1, len(frames),
-                    dt, mem, format=fmt, files=files,
+                    dt, mem, format=fmt, files=files, outputs=str(out),
                     note="Pillow decode/encode, one frame at a time")
 
 
@@ -359,7 +364,8 @@ def end_to_end(engine, name, precision, frames: list[Frame], out: Path, batch, f
         raise RuntimeError(f"{name}: {s.failures[0]}")
     files = sum(1 for _ in (out / "timed").glob(f"*.{fmt}"))
     return _row("end-to-end", name, precision, batch, s.written, s.seconds, mem, format=fmt,
-                files=files, note=f"{workers} decode + {workers} encode threads")
+                files=files, outputs=str(out / "timed"),
+                note=f"{workers} decode + {workers} encode threads")
 
 
 def engine_specs(ckpt: Checkpoint, ckpt_name: str, device: torch.device, precisions, compile_,
@@ -452,8 +458,11 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--max-delay-us", default=2000, show_default=True)
 @click.option("--out-dir", default="benchmarks/results", show_default=True,
               type=click.Path(file_okay=False))
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Keep the input PNGs and every row's output images in this new or empty "
+                   "folder (default: a temporary folder, removed at the end).")
 def main(quick, size, device, model, engine_paths, build, batch_sizes, precisions, compile_,
-         frames, warmup, formats, quality, workers, max_delay_us, out_dir):
+         frames, warmup, formats, quality, workers, max_delay_us, out_dir, work_dir):
     """Engine-only and end-to-end throughput of every engine, as ratios to the official way."""
     if quick:   # small CPU defaults; options given on the command line still win
         given = click.get_current_context().get_parameter_source
@@ -516,7 +525,12 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
                    f"{row.format or '-':4s} {row.ms_per_frame:9.2f} ms/frame "
                    f"{row.frames_per_s:8.2f} frames/s  {row.peak_mem_mib:8.0f} MiB", err=True)
 
-    with tempfile.TemporaryDirectory(prefix="p2phd-bench-") as tmp:
+    if work_dir is not None:
+        if Path(work_dir).exists() and any(Path(work_dir).iterdir()):
+            raise click.ClickException(f"--work-dir {work_dir}: not empty")
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with (nullcontext(work_dir) if work_dir is not None
+          else tempfile.TemporaryDirectory(prefix="p2phd-bench-")) as tmp:
         tmp = Path(tmp)
         n_e2e = -(-max(frames, max(batches)) // max(batches)) * max(batches)   # full batches
         inputs = write_inputs(tmp / "in", min(n_e2e, 16), n_e2e, H, W, official.label_nc)
@@ -532,6 +546,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
             b_e2e[fmt] = off_main(base.end_to_end, inputs[: max(2, min(frames, 8))],
                                   tmp / f"base_{fmt}", fmt, quality, warmup=not quick)
             b_e2e[fmt].vs_baseline = 1.0
+            b_e2e[fmt].outputs = str(Path(b_e2e[fmt].outputs).relative_to(tmp))
             rows.append(b_e2e[fmt])
             say(b_e2e[fmt])
         del base
@@ -562,6 +577,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
                                        tmp / f"{len(rows)}", b, fmt, quality, workers,
                                        max_delay_us, dev, warmup=not quick)
                         r.vs_baseline = b_e2e[fmt].ms_per_frame / r.ms_per_frame
+                        r.outputs = str(Path(r.outputs).relative_to(tmp))
                         rows.append(r)
                         say(r)
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch
