@@ -25,13 +25,19 @@ except Exception:  # noqa: BLE001 - optional; Pillow is the fallback
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_id_png(location: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+def read_id_png(location: str | os.PathLike | bytes, max_pixels: int | None = None, *,
+                name: str | None = None) -> np.ndarray:
     """A single-channel PNG of ids (8-bit, 16-bit, 32-bit or palette indices) -> int32 [H,W].
 
-    Anything else is refused naming the file: not a PNG (a JPEG named .png would decode to
-    wrong ids), a colour image, or more than `max_pixels` pixels (checked from the header,
-    before the pixels are decoded)."""
-    data = read_bytes(location)
+    `location` is a path, a URI, or the file's bytes (an upload); errors name `name` when given
+    (else the location, or "<bytes>"). Anything else is refused naming the file: not a PNG (a
+    JPEG named .png would decode to wrong ids), a colour image, or more than `max_pixels` pixels
+    (checked from the header, before the pixels are decoded)."""
+    if isinstance(location, (bytes, bytearray, memoryview)):
+        data, location = bytes(location), name or "<bytes>"
+    else:
+        data = read_bytes(location)
+        location = name or location
     if not data.startswith(PNG_SIGNATURE):
         what = "a JPEG" if data[:3] == b"\xff\xd8\xff" else "empty" if not data else "not a PNG"
         raise InputError(location, f"{what} file, not a PNG id map (label and instance maps must "

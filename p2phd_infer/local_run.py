@@ -6,16 +6,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
 
 from .api import make_style
 from .engines import Engine, open_engine
-from .errors import record_of
+from .errors import OptionError, record_of
 from .files import remove_stale_temps
 from .locations import is_uri, resolve
-from .plan import Plan, RunOptions, RunSummary, plan
+from .plan import Plan, RunOptions, RunSummary, plan, sample_labels
 from .runtime import Runtime, default_workers
 
 
@@ -62,8 +63,89 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
     todo = plan(opts)
     if not is_uri(opts.out):
         remove_stale_temps(resolve(opts.out))     # left by a killed earlier run
-    summary = synthesize(engine, style, todo, opts, on_failure)
+    if opts.format == "mp4":
+        summary = synthesize_videos(engine, style, todo, opts, on_failure)
+    else:
+        summary = synthesize(engine, style, todo, opts, on_failure)
     summary.settings.update(engine=str(opts.engine or "demo"), device=str(engine.device),
                             precision=engine.info.precision, mode=engine.info.extra.get("mode"),
                             compile=opts.compile, seed=opts.seed, style=opts.style)
+    return summary
+
+
+def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
+                      on_failure: Callable[[dict], None] | None = None) -> RunSummary:
+    """`--format mp4`: the plan's frames, grouped by output sub-folder (video.video_of), each
+    group encoded in name order as one video from the Runtime's in-memory results, in this
+    process. A video that exists is skipped (unless overwrite); a frame that fails fails its
+    video (nothing is written for it) and the other videos go on."""
+    import itertools
+    import os
+
+    from .video import video_of, write_video
+
+    if is_uri(opts.out):
+        raise OptionError("--format", "mp4 is written to a local --out folder, not a URI")
+    out = resolve(opts.out)
+    root = Path(resolve(opts.labels)) if opts.labels is not None else sample_labels()
+    root_name = (root.stem if root.is_file() else root.name) or "video"
+    keyed = sorted(((video_of(j.name, root_name, out), j) for j in todo.jobs),
+                   key=lambda vj: (vj[0], vj[1].name))
+    videos = [(v, [j for _, j in group]) for v, group in
+              itertools.groupby(keyed, key=lambda vj: vj[0])]
+    summary = RunSummary(frames=todo.frames, skipped=todo.skipped,
+                         settings=dict(batch_size=opts.batch_size, max_delay_us=opts.max_delay_us,
+                                       format="mp4", fps=opts.fps))
+    if not opts.overwrite:
+        done = {v for v, _ in videos if os.path.exists(v)}
+        summary.skipped += sum(len(jobs) for v, jobs in videos if v in done)
+        videos = [(v, jobs) for v, jobs in videos if v not in done]
+    summary.settings["videos"] = len(videos)
+    if not videos:
+        return summary
+
+    def fail(record: dict) -> None:
+        summary.add_failure(record)
+        if on_failure is not None:
+            on_failure(record)
+
+    workers = opts.workers or default_workers()
+    t0 = time.perf_counter()
+    jobs = [j for _, group in videos for j in group]
+    with Runtime(engine, max_batch_size=opts.batch_size, max_queue_delay_us=opts.max_delay_us,
+                 decode_workers=workers, encode_workers=1, style=style,
+                 max_pixels=opts.max_pixels) as rt, \
+            tqdm(total=len(jobs), unit="frame", desc="synthesize",
+                 disable=not opts.progress) as bar:
+        # One ordered stream over every video, so the pipeline stays full across video ends.
+        results = rt.map(({"label": j.label, "inst": j.inst, "name": j.label} for j in jobs),
+                         return_exceptions=True)
+        for path, group in videos:
+            taken = 0
+
+            def frames():
+                nonlocal taken
+                for job in group:
+                    rgb = next(results)
+                    taken += 1
+                    bar.update(1)
+                    if isinstance(rgb, BaseException):
+                        raise rgb
+                    yield rgb
+
+            try:
+                written = write_video(frames(), path, opts.fps, names=[j.label for j in group])
+            except Exception as e:  # noqa: BLE001 - this video fails, the others go on
+                record = record_of(e, path)
+                if record["file"] != path:
+                    record["fault"] += f" (so {path} was not written)"
+                fail(record)
+                for _ in range(len(group) - taken):      # its frames still in the stream
+                    next(results)
+                    bar.update(1)
+            else:
+                summary.written += written
+        summary.settings["batches"] = dict(sorted(rt.stats.batch_sizes.items()))
+    summary.seconds = time.perf_counter() - t0
+    summary.frames_per_second = summary.written / summary.seconds if summary.seconds > 0 else 0.0
     return summary

@@ -22,7 +22,7 @@ from .locations import existing, is_uri, join, kind, list_files, resolve
 
 LABEL_SUFFIX = "_labelIds.png"
 INSTANCE_SUFFIX = "_instanceIds.png"
-OUTPUT_FORMATS = ("png", "jpg")
+OUTPUT_FORMATS = ("png", "jpg", "mp4")   # mp4: one H.264 video per folder (video.py)
 DEFAULT_MAX_PIXELS = 2048 * 2048 * 2     # twice Cityscapes' 2048x1024: an 8 K frame still fits
 
 
@@ -42,6 +42,7 @@ class RunOptions:
     workers: int | None = None
     format: str = "png"
     quality: int = 95
+    fps: float = 30.0                    # --format mp4: frames per second of each video
     overwrite: bool = False
     style: str | None = None
     seed: int = 0
@@ -68,6 +69,9 @@ class RunOptions:
                 raise OptionError(name, f"{value!r} is outside {lo}..{hi}")
         if self.format not in OUTPUT_FORMATS:
             raise OptionError("--format", f"{self.format!r}: one of {', '.join(OUTPUT_FORMATS)}")
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or \
+                not 0 < self.fps <= 1000:
+            raise OptionError("--fps", f"{self.fps!r} is outside (0, 1000]")
         if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 1024:
             raise OptionError("--gpus-per-worker", f"{self.gpus_per_worker!r} is outside 0..1024")
 

@@ -40,9 +40,10 @@ def _register():
     from .import_official import import_official_cmd
     from .make_scenes import make_scenes_cmd
     from .run import run_cmd
+    from .serve import serve_cmd
     from .train import train_cmd
     for cmd in (run_cmd, import_official_cmd, features_cmd, train_cmd, make_scenes_cmd,
-                export_cmd):
+                export_cmd, serve_cmd):
         main.add_command(cmd)
 
 

@@ -11,7 +11,7 @@ import click
 from tqdm import tqdm
 
 from ..engines import MODES, PRECISIONS
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..files import check_writable
 from ..locations import kind
 from ..plan import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, RunOptions, RunSummary
@@ -41,7 +41,11 @@ from ..plan import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, RunOptions, RunSummary
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Decode threads and encode threads, each  [default: CPU count, 2 to 8].")
 @click.option("--format", type=click.Choice(OUTPUT_FORMATS), default="png",
-              show_default=True, help="Output format (PNG lossless, through fpng when installed).")
+              show_default=True, help="Output format (PNG lossless, through fpng when installed; "
+              "mp4: one H.264 video per folder of frames, in name order).")
+@click.option("--fps", default=30.0, show_default=True,
+              type=click.FloatRange(0, 1000, min_open=True),
+              help="--format mp4: frames per second.")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100),
               help="JPEG quality.")
 @click.option("--overwrite", is_flag=True, help="Rewrite outputs that already exist.")
@@ -86,6 +90,8 @@ def run_cmd(fp16, no_progress, **options):
     opts = RunOptions(progress=not no_progress, **options)
     if opts.summary_json:
         check_writable(opts.summary_json)
+    if opts.format == "mp4" and opts.ray is not None:
+        raise OptionError("--format", "mp4 is encoded by the local executor; drop --ray")
 
     def report(record: dict) -> None:
         line = f"{record['file']}: {record['fault']}" if record["file"] else record["fault"]
