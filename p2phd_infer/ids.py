@@ -77,8 +77,9 @@ def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig,
     if size is not None and (H, W) != tuple(size):
         raise InputError(name, f"size {W}x{H}: this engine was built for {size[1]}x{size[0]}")
     if inst is not None and tuple(inst.shape) != tuple(label.shape):
-        raise InputError(inst_name or name, f"instance map is {inst.shape[-1]}x{inst.shape[-2]}, "
-                                            f"its label map {name} is {W}x{H}")
+        where = f" ({name})" if inst_name else ""
+        raise InputError(inst_name or name, f"instance map size {inst.shape[-1]}x{inst.shape[-2]} "
+                                            f"differs from the label map's {W}x{H}{where}")
     if not label.is_cuda and label.numel():
         fault = label_range_fault(*(int(v) for v in torch.aminmax(label)), cfg.label_nc)
         if fault:

@@ -5,7 +5,7 @@ so both see E exactly as the generator saw it in training.
 
 Resolution: E runs at the resolution it was trained at. E is trained with G1 (the global stage);
 when the local enhancer is trained at 2x that resolution, pix2pixHD feeds E the photo downsampled
-2x and upsamples its output (nearest) to full resolution (reference/pix2pixhd.md). This is the
+2x and upsamples its output (nearest) to full resolution. This is the
 trainer's rule (train/trainer.py encode_features), computed the same way here: for a model with n
 local enhancers, E sees the photo after n steps of the generator's 2x pyramid step
 (`downsample_2x`) with the instance map subsampled to match ([::2, ::2] per step), takes its

@@ -50,6 +50,10 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
                         category=UserWarning)
 
 
+MAX_BATCH = 4096
+MAX_DELAY_US = 60_000_000        # a minute: longer would only hide a mistake (and overflow waits)
+
+
 def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
@@ -67,6 +71,7 @@ class _Job:
     inst: torch.Tensor | None = None    # None when the model needs no instance map
     size: tuple[int, int] | None = None
     t_ready: float = 0.0
+    released: bool = False            # its queue slot was given back
 
 
 @dataclass
@@ -97,8 +102,19 @@ class Runtime:
                  decode_workers: int | None = None, encode_workers: int | None = None,
                  style=None, jpeg_quality: int = 95, max_inflight_batches: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        if max_batch_size < 1 or max_queue_delay_us < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_us >= 0")
+        for option, value, lo, hi in (("max_batch_size", max_batch_size, 1, MAX_BATCH),
+                                      ("max_queue_delay_us", max_queue_delay_us, 0, MAX_DELAY_US),
+                                      ("max_queue_size", max_queue_size, 1, 1 << 20),
+                                      ("decode_workers", decode_workers, 1, 256),
+                                      ("encode_workers", encode_workers, 1, 256),
+                                      ("max_inflight_batches", max_inflight_batches, 1, 64),
+                                      ("jpeg_quality", jpeg_quality, 1, 100),
+                                      ("max_pixels", max_pixels, 1, 2**34)):
+            optional = option not in ("max_batch_size", "max_queue_delay_us", "jpeg_quality")
+            if value is None and optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise OptionError(option, f"{value!r} is outside {lo}..{hi}")
         self.engine = engine
         self.cfg = engine.config
         self.device = resolve_device(engine.device)
@@ -108,8 +124,6 @@ class Runtime:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
         self.max_queue_size = max_queue_size or max(64, 4 * max_batch_size)
-        if self.max_queue_size < 1:
-            raise ValueError("max_queue_size must be >= 1")
         self.block_when_full = block_when_full
         self.style = style if self.cfg.feat_num > 0 else None
         self.jpeg_quality = jpeg_quality
@@ -123,6 +137,8 @@ class Runtime:
         self._space = threading.Condition(self._lock)   # submitters wait here when full
         self._work = threading.Condition(self._lock)    # the batcher waits here
         self._closed = False
+        self._dead: str | None = None                    # why the batcher stopped, if it did
+        self._flush_seq = -1                             # requests up to this seq are due now
         self._inflight = 0                               # admitted, Future not yet done
         self._pending_decode = 0
         self._ready: list[_Job] = []
@@ -147,8 +163,15 @@ class Runtime:
                                          daemon=True)
         self._completer = threading.Thread(target=self._complete_loop, name="p2phd-completer",
                                            daemon=True)
+        # Every Future is resolved on this one thread, which does nothing else: a callback that
+        # blocks (a submit() into a full queue) or closes the runtime never stalls the pipeline,
+        # and no callback runs under the runtime's locks.
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._resolver = threading.Thread(target=self._resolve_loop, name="p2phd-results",
+                                          daemon=True)
         self._batcher.start()
         self._completer.start()
+        self._resolver.start()
 
     # ------------------------------------------------------------------ public API
 
@@ -175,7 +198,7 @@ class Runtime:
         fut: Future = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeClosed("the runtime is closed")
+                raise RuntimeClosed(self._dead or "the runtime is closed")
             if self._inflight >= self.max_queue_size:
                 if not block:
                     raise QueueFull(f"{self.max_queue_size} requests already queued")
@@ -184,7 +207,7 @@ class Runtime:
                     raise QueueFull(f"{self.max_queue_size} requests still queued after "
                                     f"{timeout} s")
                 if self._closed:
-                    raise RuntimeClosed("the runtime is closed")
+                    raise RuntimeClosed(self._dead or "the runtime is closed")
             seq = next(self._seq)
             job = _Job(seq, fut, name or f"frame #{seq}", label, inst,
                        str(out) if out is not None else None, caller_event)
@@ -192,8 +215,16 @@ class Runtime:
             self._pending_decode += 1
             self._undispatched[seq] = job
             self._decode_pool.submit(self._decode, job)
-        fut.add_done_callback(self._release)
+        fut.add_done_callback(lambda _f, job=job: self._release(job))    # cancellations
         return fut
+
+    def flush(self) -> None:
+        """Send every request submitted so far to the engine without waiting for the batching
+        delay (the end of an input: nothing more will join their batches)."""
+        with self._lock:
+            self._flush_seq = next(self._seq) - 1
+            self._seq = itertools.count(self._flush_seq + 1)
+            self._work.notify_all()
 
     def map(self, items: Iterable, *, return_exceptions: bool = False) -> Iterator:
         """Results of `items`, in their order, with at most `max_queue_size` in flight.
@@ -212,6 +243,7 @@ class Runtime:
                     window.append(self.submit(*item, block=True))
                 else:
                     window.append(self.submit(item, block=True))
+            self.flush()
             while window:
                 yield _outcome(window.popleft(), return_exceptions)
         finally:
@@ -220,7 +252,8 @@ class Runtime:
 
     def close(self, cancel: bool = False) -> None:
         """Stop taking requests; finish what was submitted (or, with cancel, cancel every request
-        not yet handed to the engine: batches already running finish); join every thread."""
+        not yet handed to the engine: batches already running finish); join every thread. Safe
+        from a Future's callback (it then returns once the pipeline has drained)."""
         with self._lock:
             self._closed = True
             self._space.notify_all()
@@ -237,6 +270,9 @@ class Runtime:
             if t is not threading.current_thread():
                 t.join()
         self._encode_pool.shutdown(wait=True)
+        self._results.put(None)
+        if self._resolver is not threading.current_thread():
+            self._resolver.join()
 
     def __enter__(self) -> "Runtime":
         return self
@@ -251,10 +287,35 @@ class Runtime:
 
     # ------------------------------------------------------------------ decode stage
 
-    def _release(self, _fut: Future) -> None:
+    def _release(self, job: _Job) -> None:
+        """Give back the request's queue slot, once."""
         with self._lock:
+            if job.released:
+                return
+            job.released = True
             self._inflight -= 1
             self._space.notify()
+
+    def _resolve(self, job: _Job, result=None, error: BaseException | None = None) -> None:
+        """The request is done: free its slot now, resolve its Future on the results thread."""
+        self._release(job)
+        self._results.put((job.future, result, error))
+
+    def _resolve_loop(self) -> None:
+        while True:
+            item = self._results.get()
+            if item is None:
+                return
+            fut, result, error = item
+            if fut.done():
+                continue
+            try:
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+            except Exception:  # noqa: BLE001 - cancelled meanwhile; a callback's own error
+                pass
 
     def _decode(self, job: _Job) -> None:
         error = None
@@ -268,6 +329,8 @@ class Runtime:
         ok = error is None and not job.future.cancelled()
         with self._lock:
             self._pending_decode -= 1
+            if ok and self._dead is not None:
+                ok, error = False, RuntimeClosed(self._dead)
             if ok:
                 job.t_ready = time.monotonic()
                 self._ready.append(job)
@@ -275,7 +338,7 @@ class Runtime:
                 self._undispatched.pop(job.seq, None)
             self._work.notify_all()
         if error is not None and job.future.set_running_or_notify_cancel():
-            job.future.set_exception(error)
+            self._resolve(job, error=error)
 
     def _prepare(self, job: _Job) -> None:
         """Decode and check one request's id maps; on CUDA, stage host maps in pinned memory."""
@@ -327,6 +390,9 @@ class Runtime:
         with self._lock:
             while True:
                 if any(j.future.cancelled() for j in self._ready):
+                    for j in self._ready:
+                        if j.future.cancelled():
+                            self._undispatched.pop(j.seq, None)
                     self._ready = [j for j in self._ready if not j.future.cancelled()]
                 if self._ready:
                     oldest = self._ready[0]
@@ -334,7 +400,7 @@ class Runtime:
                     now = time.monotonic()
                     drained = self._closed and self._pending_decode == 0
                     if (len(batch) >= self.max_batch_size or now >= oldest.t_ready + delay
-                            or drained):
+                            or drained or oldest.seq <= self._flush_seq):
                         chosen = set(map(id, batch))
                         self._ready = [j for j in self._ready if id(j) not in chosen]
                         for j in batch:
@@ -347,9 +413,9 @@ class Runtime:
                     self._work.wait()
 
     def _batch_loop(self) -> None:
-        if self._cuda:
-            torch.cuda.set_device(self.device)
         try:
+            if self._cuda:
+                torch.cuda.set_device(self.device)
             while True:
                 self._slots.acquire()
                 batch = self._next_batch()
@@ -357,11 +423,37 @@ class Runtime:
                     self._slots.release()
                     return
                 self._dispatch(batch)
+        except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt, SystemExit, a bug here
+            self._die(f"the runtime stopped ({e.__class__.__name__}: {e})")
         finally:
             self._completions.put(None)
 
+    def _die(self, why: str) -> None:
+        """The batcher cannot go on: close, and fail every request not yet finished."""
+        with self._lock:
+            self._dead = why
+            self._closed = True
+            doomed = {id(j): j for j in [*self._undispatched.values(), *self._ready]}
+            doomed = list(doomed.values())
+            self._ready = []
+            self._undispatched.clear()
+            self._space.notify_all()
+            self._work.notify_all()
+        for job in doomed:
+            try:
+                running = job.future.set_running_or_notify_cancel()
+            except RuntimeError:        # already failed by its own decode error
+                continue
+            if running:
+                self._resolve(job, error=RuntimeClosed(why))
+            else:
+                self._release(job)
+
     def _dispatch(self, batch: list[_Job]) -> None:
         jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        for j in batch:
+            if j not in jobs:
+                self._release(j)
         if not jobs:
             self._slots.release()
             return
@@ -378,6 +470,10 @@ class Runtime:
             self._slots.release()
             self._fail(jobs, e)
             return
+        except BaseException as e:  # KeyboardInterrupt in the engine: this batch, then the rest
+            self._slots.release()
+            self._fail(jobs, e)
+            raise
         self._completions.put((jobs, host, event))
 
     def _fail(self, jobs: list[_Job], error: BaseException) -> None:
@@ -385,7 +481,7 @@ class Runtime:
         for j in jobs:
             fault = EngineFault(j.name, error, len(jobs))
             fault.__cause__ = error
-            j.future.set_exception(fault)
+            self._resolve(j, error=fault)
 
     def _batch_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """[H,W] maps -> int32 [B,1,H,W]; one map on the device is a view, not a copy."""
@@ -458,7 +554,7 @@ class Runtime:
             self._slots.release()
             for j, rgb in zip(jobs, host):
                 if j.out is None:
-                    j.future.set_result(rgb)
+                    self._resolve(j, rgb)
                 else:
                     self._encode_pool.submit(self._encode, j, rgb)
 
@@ -466,9 +562,9 @@ class Runtime:
         try:
             write_image(job.out, rgb, self.jpeg_quality)
         except Exception as e:  # noqa: BLE001 - disk full, permissions: this output only
-            job.future.set_exception(e if isinstance(e, OutputError) else OutputError(job.out, e))
+            self._resolve(job, error=e if isinstance(e, OutputError) else OutputError(job.out, e))
         else:
-            job.future.set_result(job.out if is_uri(job.out) else Path(job.out))
+            self._resolve(job, job.out if is_uri(job.out) else Path(job.out))
 
 
 def _outcome(fut: Future, return_exceptions: bool):

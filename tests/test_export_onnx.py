@@ -163,7 +163,7 @@ def test_metadata_round_trip(exported):
     info = engine.info
     assert info.config == ckpt.config and info.label_names == ckpt.label_names
     assert info.size == (H, W) and info.max_batch == 4 and info.precision == "fp32"
-    assert info.extra["graph"] == "generator" and info.extra["backend"] == "onnx"
+    assert info.graph == "generator" and info.backend == "onnx"
     assert set(info.features) == set(ckpt.features)
     for k, v in ckpt.features.items():
         assert torch.equal(info.features[k], v.float())              # float32 exactly

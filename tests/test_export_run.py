@@ -68,7 +68,7 @@ def test_pt2_metadata_and_limits(engines):
     info = engine.info
     assert info.config == ckpt.config and info.label_names == {0: "void", 3: "car"}
     assert info.size == (H, W) and info.max_batch == 3 and info.precision == "fp32"
-    assert info.extra["backend"] == "aoti" and info.extra["device"] == "cpu"
+    assert info.backend == "aoti" and info.extra["device"] == "cpu"
     label = torch.zeros(4, 1, H, W, dtype=torch.int32)
     with pytest.raises(EngineError, match="max batch 3"):
         engine(label, label)

@@ -15,6 +15,7 @@ from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import EngineError, EngineInfo, open_engine
 from p2phd_infer.engines.base import info_to_json, sidecar_path
+from p2phd_infer.errors import MissingDependency
 from p2phd_infer.files import write_atomic
 from p2phd_infer.networks import build_encoder, build_generator
 
@@ -35,7 +36,7 @@ def test_missing_package_is_a_clear_error(tmp_path, no_tensorrt):
     with pytest.raises(EngineError, match="model.plan.json is missing"):
         open_engine(plan)
     write_atomic(sidecar_path(plan), info_to_json(info))
-    with pytest.raises(EngineError, match=r"pip install 'tensorrt>=10,<11'"):
+    with pytest.raises(MissingDependency, match=r"pip install 'tensorrt>=10,<11'"):
         open_engine(plan)
 
 

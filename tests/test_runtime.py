@@ -126,7 +126,7 @@ def test_partial_batch_flushes_after_the_delay():
 
 def test_close_flushes_a_partial_batch_at_once():
     engine = FakeEngine()
-    rt = Runtime(engine, max_batch_size=8, max_queue_delay_us=600_000_000)
+    rt = Runtime(engine, max_batch_size=8, max_queue_delay_us=60_000_000)   # a minute
     futs = [rt.submit(*make_frame(i)) for i in range(3)]
     rt.close()                                              # no more input can come: no waiting
     assert [image_id(f.result(timeout=0)) for f in futs] == [0, 1, 2]
@@ -149,7 +149,7 @@ def test_corrupt_and_bad_inputs_fail_alone(tmp_path):
         bad_size = rt.submit(*make_frame(9, 5, 4), name="odd-frame")
         bad_range = rt.submit(np.full((4, 4), 256), np.zeros((4, 4), np.int32), name="ids")
         no_inst = rt.submit(make_frame(10)[0], name="lonely")
-        with pytest.raises(InputError, match=r"corrupt_label\.png: not a readable image"):
+        with pytest.raises(InputError, match=r"corrupt_label\.png: not a readable PNG"):
             bad_file.result(timeout=30)
         with pytest.raises(InputError, match="float-frame: label map has dtype float32"):
             bad_dtype.result(timeout=30)
@@ -189,7 +189,7 @@ def test_engine_fault_fails_only_its_batch_and_the_runtime_goes_on():
 def test_map_raises_the_first_failure_in_order():
     engine = FakeEngine()
     with Runtime(engine) as rt:
-        it = rt.map([make_frame(0), (np.zeros((3, 4), np.int32), np.zeros((3, 4), np.int32)),
+        it = rt.map([make_frame(0), (np.zeros((4, 5), np.int32), np.zeros((4, 5), np.int32)),
                      make_frame(2)])
         assert image_id(next(it)) == 0
         with pytest.raises(InputError, match="not a multiple"):

@@ -167,12 +167,12 @@ def test_run_jpg_summary_json_and_skip_existing(tmp_path):
     code, out = run_cli(args)
     assert code == 1, out
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "broken.png: not a readable image" in errors[0]
+    assert len(errors) == 1 and "broken.png: not a readable PNG" in errors[0]
     assert "6 frames: 5 written, 0 skipped (exist), 1 failed" in out and "frames/s" in out
     s = json.loads((tmp_path / "s.json").read_text())
     assert (s["frames"], s["written"], s["skipped"], s["failed"]) == (6, 5, 0, 1)
     assert s["failures"][0]["file"].endswith("broken.png")
-    assert s["failures"][0]["fault"].startswith("not a readable image")
+    assert s["failures"][0]["fault"].startswith("not a readable PNG")
     assert s["frames_per_second"] > 0 and s["settings"]["batch_size"] == 2
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"f{i}.jpg" for i in range(5)]
     with Image.open(tmp_path / "o" / "f0.jpg") as im:

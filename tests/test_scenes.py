@@ -3,7 +3,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from p2phd_infer.image_io import read_id_png, read_rgb
-from p2phd_infer.cli.make_scenes import make_scenes_cmd
+from p2phd_infer.cli import main
 from p2phd_infer.train.scenes import CAR, PERSON, SCENE_LABELS, make_scenes, render_scene
 
 
@@ -53,9 +53,9 @@ def test_make_scenes_writes_the_pix2pixhd_layout(tmp_path):
 
 
 def test_make_scenes_command(tmp_path):
-    r = CliRunner().invoke(make_scenes_cmd, ["--out", str(tmp_path / "d"), "--count", "2",
-                                             "--size", "64x32", "--seed", "1"])
+    r = CliRunner().invoke(main, ["make-scenes", "--out", str(tmp_path / "d"), "--count", "2",
+                                  "--size", "64x32", "--seed", "1"])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "d" / "train_img").glob("*.png"))) == 2
-    r = CliRunner().invoke(make_scenes_cmd, ["--out", str(tmp_path / "e"), "--size", "64by32"])
+    r = CliRunner().invoke(main, ["make-scenes", "--out", str(tmp_path / "e"), "--size", "64by32"])
     assert r.exit_code == 2 and "--size" in r.output

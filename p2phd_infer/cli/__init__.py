@@ -1,7 +1,8 @@
 """The `p2phd-infer` command line: one module per command, all registered here.
 
 This package is the only place that turns an error into an `error:` line and an exit status:
-every p2phd-infer error (errors.Error) carries the path and the fault, and `fail` prints them.
+every p2phd-infer error (errors.Error) carries the path and the fault, and `fail` (base.py)
+prints them.
 """
 from __future__ import annotations
 
@@ -10,12 +11,7 @@ import sys
 import click
 
 from ..errors import Error
-
-
-def fail(error: Error | str) -> "click.exceptions.Exit":
-    """A one-line error, no traceback; exit status 2."""
-    click.echo(f"error: {error}", err=True)
-    return click.exceptions.Exit(2)
+from .base import fail
 
 
 class Group(click.Group):
