@@ -7,6 +7,7 @@ so the .pt2 is self-contained.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 

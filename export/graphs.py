@@ -31,14 +31,18 @@ from p2phd_infer.synthesizer import Synthesizer
 
 
 def check_size(cfg, height: int, width: int, graph: str = "generator") -> None:
-    """OptionError unless the frame size fits the generator (and, for the style graph, E)."""
-    m = cfg.stride
+    """OptionError unless the frame size fits the generator (and, for the style graph, E):
+    checked before anything is traced, so a size the network cannot take is refused in one line
+    instead of failing deep inside torch.export."""
+    m, least = cfg.stride, cfg.min_size
     if graph == "style":
-        m = max(m, encoder_multiple(cfg))
-    if height <= 0 or width <= 0 or height % m or width % m:
+        m, least = max(m, encoder_multiple(cfg)), max(least, cfg.encoder_min_size)
+    if height < least or width < least:
+        raise OptionError("--height/--width", f"size {width}x{height} is below this model's "
+                                              f"minimum {least}x{least} for the {graph} graph")
+    if height % m or width % m:
         raise OptionError("--height/--width", f"size {width}x{height}: width and height must be "
-                                              f"positive multiples of {m} for this model's "
-                                              f"{graph} graph")
+                                              f"multiples of {m} for this model's {graph} graph")
 
 
 def table_size(num_pixels: int) -> int:

@@ -80,8 +80,8 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
     model = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
-        raise EngineError(onnx_path, f"no p2phd-infer metadata (export it with "
-                          f"`p2phd-infer export --format onnx`)")
+        raise EngineError(onnx_path, "no p2phd-infer metadata (export it with "
+                          "`p2phd-infer export --format onnx`)")
     info = info_from_json(props[METADATA_KEY], onnx_path)
     max_batch = int(max_batch or info.max_batch or 1)
     H, W = info.size
@@ -117,7 +117,7 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
             f"(minutes at 2048x1024)")
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise EngineError(onnx_path, f"TensorRT could not build an engine (see its log above)")
+            raise EngineError(onnx_path, "TensorRT could not build an engine (see its log above)")
         write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
         info.max_batch = max_batch
         info.precision = "fp16" if fp16 else "fp32"

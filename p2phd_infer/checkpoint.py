@@ -6,6 +6,8 @@ state dicts use NVIDIA's key layout, so official checkpoints import by key.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,32 +81,120 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> None:
     write_atomic(path, lambda tmp: torch.save(data, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def torch_load(path: str | os.PathLike, what: str = "file"):
+    """torch.load(weights_only=True) of a file we are given, every fault a one-line
+    CheckpointError naming it: not a torch file (an ONNX or TensorRT engine, random bytes), a
+    truncated one, or a pickle that names a class or function the weights-only loader refuses.
+    torch's own message for these suggests turning the weights-only loader off: that advice is
+    never passed on (such a file can run code when loaded)."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, f"no such {what}")
     if not path.is_file():
-        raise CheckpointError(path, f"no such checkpoint file")
+        raise CheckpointError(path, f"is a folder, not a {what}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # pickle-protocol notes: the error says it all
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling fault is a bad file
-        raise CheckpointError(path, f"not a readable torch checkpoint ({e.__class__.__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(path, f"not a readable torch {what}: {_load_fault(path, head, e)}") \
+            from None
+
+
+def _load_fault(path: Path, head: bytes, error: Exception) -> str:
+    """What is wrong with a file torch.load refused, in our words (torch's message is many lines
+    and advises turning the weights-only loader off)."""
+    refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if refused is not None:
+        return (f"it holds a pickled {refused.group(1)}, which is refused (a checkpoint holds "
+                f"only tensors, numbers, strings and containers of them)")
+    suffix = path.suffix.lower()
+    if suffix in (".onnx", ".plan", ".engine", ".pt2"):
+        return f"an exported engine ({suffix} file); give the model.pt it was exported from"
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged torch zip archive"
+    return "neither a torch zip archive nor a torch pickle"
+
+
+def _check_state_dict(state, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from a file: str keys, floating-point tensors; else CheckpointError."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what}: expected a state dict, got {type(state).__name__}")
+    for k, v in state.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"{what}: key {k!r} is not a string")
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{what}.{k}: expected a tensor, got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise CheckpointError(f"{what}.{k}: expected floating-point weights, got {v.dtype}")
+    return state
+
+
+def _check_features(features, feat_num: int) -> dict[int, torch.Tensor] | None:
+    if features is None:
+        return None
+    if not isinstance(features, dict):
+        raise CheckpointError(f"features: expected a dict {{label: centres}}, got "
+                              f"{type(features).__name__}")
+    for k, v in features.items():
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise CheckpointError(f"features: label {k!r} is not an integer")
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.dim() != 2 or \
+                v.shape[1] != feat_num:
+            desc = (f"a {v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor)
+                    else type(v).__name__)
+            raise CheckpointError(f"features: label {k}: expected float centres [k, {feat_num}], "
+                                  f"got {desc}")
+    return features
+
+
+def _check_label_names(names) -> dict[int, str] | None:
+    if names is None:
+        return None
+    if not isinstance(names, dict) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and isinstance(v, str)
+            for k, v in names.items()):
+        raise CheckpointError("label_names: expected a dict {label id: name}")
+    return names
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """model.pt -> Checkpoint, or CheckpointError naming the file and the field at fault. Every
+    field is checked here, and the architecture against the weights' shapes on the meta device
+    (no memory): a bad file fails at load, never mid-run, and never by allocating."""
+    path = Path(path)
+    data = torch_load(path, "checkpoint file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = (" (an official pix2pixHD state dict? convert it with `p2phd-infer import-official`)"
-                if isinstance(data, dict) and any(k.startswith("model.") for k in data) else "")
+                if isinstance(data, dict) and any(str(k).startswith("model.") for k in data)
+                else "")
         raise CheckpointError(path, f"not a {FORMAT} checkpoint{hint}")
     if data.get("version") != VERSION:
-        raise CheckpointError(path, f"checkpoint version {data.get('version')}, this release "
+        raise CheckpointError(path, f"checkpoint version {data.get('version')!r}, this release "
                               f"reads {VERSION}")
+    for key in ("config", "generator"):
+        if key not in data:
+            raise CheckpointError(path, f"no `{key}` in the checkpoint")
     try:
         cfg = ModelConfig.from_dict(data["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(path, f"bad architecture config: {e}") from None
     known = {"format", "version", "config", "generator", "encoder", "features", "label_names"}
-    ckpt = Checkpoint(cfg, data["generator"], data.get("encoder"), data.get("features"),
-                      data.get("label_names"), {k: v for k, v in data.items() if k not in known})
-    # Check the architecture now (on the meta device: shapes only, no memory), so a bad file fails
-    # at load and not mid-run.
     try:
+        generator = _check_state_dict(data["generator"], "generator")
+        encoder = None if data.get("encoder") is None else \
+            _check_state_dict(data["encoder"], "encoder")
+        features = _check_features(data.get("features"), cfg.feat_num)
+        names = _check_label_names(data.get("label_names"))
+        ckpt = Checkpoint(cfg, generator, encoder, features, names,
+                          {k: v for k, v in data.items() if k not in known})
         with torch.device("meta"):
             check_state(build_generator(cfg), ckpt.generator, "generator")
             if ckpt.encoder is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, check_state
+from .checkpoint import Checkpoint, check_state, torch_load
 from .errors import CheckpointError
 from .files import write_atomic
 from .config import ModelConfig
@@ -21,17 +21,12 @@ _STALE = ("running_mean", "running_var", "num_batches_tracked")
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, f"no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(path, f"not a readable torch state dict ({e.__class__.__name__})") \
-            from None
+    state = torch_load(path, "state dict file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(path, f"expected a plain state dict of tensors")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(path, "expected a plain state dict of tensors")
     # DataParallel prefixes; norm buffers from old PyTorch carry nothing (InstanceNorm, no stats).
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {k: v for k, v in state.items() if not k.endswith(_STALE)}
@@ -45,7 +40,7 @@ def _indices(state: dict, prefix: str) -> list[int]:
 def infer_generator_config(state: dict[str, torch.Tensor], label_nc: int, use_instance: bool,
                            path: str = "generator") -> ModelConfig:
     if "model.1.weight" not in state or state["model.1.weight"].dim() != 4:
-        raise CheckpointError(path, f"no `model.1.weight` conv: not a pix2pixHD generator")
+        raise CheckpointError(path, "no `model.1.weight` conv: not a pix2pixHD generator")
     enhancers = len({m.group(1) for k in state if (m := re.match(r"model(\d+)_1\.", k))})
     ngf_global, input_nc = state["model.1.weight"].shape[:2]
     blocks = {i for i in _indices(state, "model.") if f"model.{i}.conv_block.1.weight" in state}
@@ -61,11 +56,14 @@ def infer_generator_config(state: dict[str, torch.Tensor], label_nc: int, use_in
         raise CheckpointError(
             f"{path}: model.1.weight takes {input_nc} input channels, fewer than label_nc "
             f"{label_nc} + instance edge {int(use_instance)}; check --label-nc / --no-instance")
-    return ModelConfig(
-        label_nc=label_nc, use_instance=use_instance, feat_num=extra_nc,
-        netG="local" if enhancers else "global", ngf=int(ngf_global) // 2**enhancers,
-        n_downsample_global=len(downs), n_blocks_global=len(blocks),
-        n_local_enhancers=enhancers or 1, n_blocks_local=n_blocks_local or 3)
+    try:
+        return ModelConfig(
+            label_nc=label_nc, use_instance=use_instance, feat_num=extra_nc,
+            netG="local" if enhancers else "global", ngf=int(ngf_global) // 2**enhancers,
+            n_downsample_global=len(downs), n_blocks_global=len(blocks),
+            n_local_enhancers=enhancers or 1, n_blocks_local=n_blocks_local or 3)
+    except ValueError as e:
+        raise CheckpointError(path, f"the shapes imply an unusable architecture: {e}") from None
 
 
 def infer_encoder_shape(state: dict[str, torch.Tensor], path: str = "encoder") -> tuple[int, int, int]:
@@ -73,7 +71,7 @@ def infer_encoder_shape(state: dict[str, torch.Tensor], path: str = "encoder") -
     convs = [i for i in _indices(state, "model.") if state.get(f"model.{i}.weight") is not None
              and state[f"model.{i}.weight"].dim() == 4]
     if not convs or state[f"model.{convs[0]}.weight"].shape[1] != 3:
-        raise CheckpointError(path, f"not a pix2pixHD encoder (first conv must take 3 channels)")
+        raise CheckpointError(path, "not a pix2pixHD encoder (first conv must take 3 channels)")
     nef = int(state[f"model.{convs[0]}.weight"].shape[0])
     feat_num = int(state[f"model.{convs[-1]}.weight"].shape[0])
     return nef, (len(convs) - 2) // 2, feat_num
@@ -101,6 +99,10 @@ def _read_npy_object(path: Path):
     """The object an .npy file holds: a plain array, or the pickled object of an object array,
     through the allow-listed unpickler."""
     with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise CheckpointError(path, "not an .npy file (the official features file is "
+                                        "np.save of a dict {label: centres})")
+        f.seek(0)
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -118,6 +120,8 @@ def read_official_features(path: str | Path) -> dict[int, torch.Tensor]:
         raise CheckpointError(path, "no such features file")
     try:
         obj = _read_npy_object(path)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as e:
         raise CheckpointError(path, f"not a features file: {e}") from None
     except Exception as e:  # noqa: BLE001 - any other fault is a bad file
@@ -139,6 +143,8 @@ def read_official_features(path: str | Path) -> dict[int, torch.Tensor]:
             raise CheckpointError(path, f"label {k}: centres of shape {arr.shape}, expected [k, F]")
         if arr.shape[0] == 0:
             continue
+        if not np.isfinite(arr).all():
+            raise CheckpointError(path, f"label {k}: centres hold NaN or infinite values")
         out[int(k)] = torch.from_numpy(arr.astype(np.float32))
     return out
 
@@ -173,7 +179,10 @@ def import_official(generator: str | Path, encoder: str | Path | None = None,
                 f"{encoder}: the encoder outputs {feat_num} feature channels, the generator takes "
                 f"{cfg.feat_num} (model.1.weight has {cfg.input_nc} inputs = label_nc {label_nc} + "
                 f"edge {int(use_instance)} + features)")
-        cfg = ModelConfig(**{**cfg.to_dict(), "nef": nef, "n_downsample_E": n_down_e})
+        try:
+            cfg = ModelConfig(**{**cfg.to_dict(), "nef": nef, "n_downsample_E": n_down_e})
+        except ValueError as e:
+            raise CheckpointError(encoder, f"the shapes imply an unusable encoder: {e}") from None
     with torch.device("meta"):
         try:
             check_state(build_generator(cfg), g_state, "generator")

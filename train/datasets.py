@@ -52,7 +52,9 @@ def _pix2pixhd_pairs(root: Path, phase: str, need_inst: bool, faults: list[str])
     if faults:
         return []
     images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-    insts = ({p.stem: p for p in sorted(inst_dir.iterdir()) if p.suffix.lower() == ".png"}
+    # An instance map pairs by its full name, as `run` pairs it (p2phd_infer/plan.py): a.PNG
+    # with a.PNG, never with a.png, so training and inference find the same pairs.
+    insts = ({p.name: p for p in sorted(inst_dir.iterdir()) if p.suffix.lower() == ".png"}
              if need_inst else {})
     samples = []
     labels = [p for p in sorted(label_dir.iterdir()) if p.suffix.lower() == ".png"]
@@ -60,7 +62,7 @@ def _pix2pixhd_pairs(root: Path, phase: str, need_inst: bool, faults: list[str])
         faults.append(f"{label_dir}: no label maps (*.png)")
     for lp in labels:
         img = images.pop(lp.stem, None)
-        inst = insts.pop(lp.stem, None) if need_inst else None
+        inst = insts.pop(lp.name, None) if need_inst else None
         if img is None:
             faults.append(f"{lp}: no photo {img_dir / lp.stem}.png/.jpg")
         if need_inst and inst is None:
@@ -180,6 +182,56 @@ class PairedDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _label_fault(self, label: np.ndarray) -> str | None:
+        if self.label_nc is not None and label.size and int(label.max()) >= self.label_nc:
+            return f"label id {int(label.max())} >= label_nc {self.label_nc}"
+        return None
+
+    def check_files(self, min_size: int = 1, workers: int = 1, progress: bool = False) -> None:
+        """Decode every file of every sample now (label and instance maps, photos), check the
+        label ids against label_nc and the loaded size against the network's minimum: a
+        DatasetError lists every fault at once, before the first step, instead of one crash per
+        bad file mid-training. Costs one decode pass (one epoch of data loading)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def read(path: Path, reader, faults: list[str]):
+            try:
+                return reader(path)
+            except InputError as e:
+                faults.append(str(e))
+            except Exception as e:  # noqa: BLE001 - whatever a decoder raises is this file's fault
+                faults.append(f"{path}: not readable ({e.__class__.__name__}: {e})")
+            return None
+
+        def faults_of(s: Sample) -> list[str]:
+            faults: list[str] = []
+            label = read(s.label, read_id_png, faults)
+            if label is not None:
+                fault = self._label_fault(label)
+                if fault is not None:
+                    faults.append(f"{s.label}: {fault}")
+                H, W = label.shape
+                w, h = target_size(W, H, self.resize_or_crop, self.load_size, self.multiple)
+                if w < min_size or h < min_size:
+                    faults.append(f"{s.label}: loads at {w}x{h} ({W}x{H} with --resize-or-crop "
+                                  f"{self.resize_or_crop}, --load-size {self.load_size}), below "
+                                  f"the network's minimum {min_size}x{min_size}")
+            for path, reader in ((s.inst, read_id_png), (s.image, read_rgb)):
+                if path is not None:
+                    read(path, reader, faults)
+            return faults
+
+        # Threads: PNG and JPEG decoding release the GIL.
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            results = pool.map(faults_of, self.samples)
+            if progress:
+                from tqdm import tqdm
+                results = tqdm(results, total=len(self.samples), desc="check dataset",
+                               unit="sample", leave=False)
+            faults = [f for r in results for f in r]
+        if faults:
+            raise DatasetError(self.root, faults)
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -190,8 +242,9 @@ class PairedDataset(torch.utils.data.Dataset):
         w, h = target_size(W, H, self.resize_or_crop, self.load_size, self.multiple)
         image = read_rgb(s.image)
         inst = read_id_png(s.inst) if s.inst is not None else np.zeros_like(label)
-        if self.label_nc is not None and label.max() >= self.label_nc:
-            raise ValueError(f"{s.label}: label id {int(label.max())} >= label_nc {self.label_nc}")
+        fault = self._label_fault(label)
+        if fault is not None:
+            raise InputError(s.label, fault)
         if (w, h) != (W, H):
             label = _resize_ids(label, w, h)
             inst = _resize_ids(inst, w, h)

@@ -152,5 +152,6 @@ def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
     dataset = PairedDataset(data, mode=mode, phase=phase, need_inst=True,
                             resize_or_crop=resize_or_crop, load_size=load_size, multiple=multiple,
                             flip=False)
+    dataset.check_files(cfg.encoder_min_size, workers=max(1, workers))  # every fault, up front
     per_label, seen, kept = collect_features(encoder, cfg, dataset, dev, workers)
     return cluster_features(per_label, clusters), seen, kept

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from p2phd_infer.checkpoint import check_state, torch_load
+from p2phd_infer.errors import CheckpointError, MissingDependency
+
 VGG19_FILE = "vgg19-dcbb9e9d.pth"      # torchvision's ImageNet VGG19 weights file name
 # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 as slices of torchvision's vgg19().features.
 VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
@@ -41,15 +44,37 @@ def default_vgg_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
 
 
+class VGGWeightsMissing(MissingDependency, FileNotFoundError):
+    """No VGG19 weights file (also a FileNotFoundError, for callers that catch that)."""
+
+
 def find_vgg_weights(path: str | os.PathLike | None) -> Path:
     """The VGG19 weights file: --vgg-weights, else torch's hub cache. Never downloads."""
     p = Path(path) if path else default_vgg_path()
     if not p.is_file():
-        where = f"{p}" if path else f"the torch hub cache ({p})"
-        raise FileNotFoundError(
-            f"VGG19 weights not found in {where}: pass --vgg-weights PATH to torchvision's "
-            f"{VGG19_FILE}, or train without the perceptual loss with --no-vgg")
+        what = "no such VGG19 weights file" if path else \
+            "no VGG19 weights in the torch hub cache"
+        raise VGGWeightsMissing(
+            p, f"{what}: pass --vgg-weights PATH to torchvision's {VGG19_FILE}, or train "
+               f"without the perceptual loss with --no-vgg")
     return p
+
+
+def read_vgg_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """torchvision's VGG19 state dict -> the features.* weights of the first 30 layers, keyed as
+    in vgg19().features; CheckpointError naming the file for anything else."""
+    state = torch_load(path, "VGG19 weights file")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(path, "not torchvision VGG19 weights (expected a state dict)")
+    out = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if len(parts) == 3 and parts[0] == "features" and parts[1].isdigit() and \
+                int(parts[1]) < 30:
+            if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+                raise CheckpointError(path, f"{k}: expected floating-point weights")
+            out[f"{parts[1]}.{parts[2]}"] = v
+    return out
 
 
 def _vgg19_features() -> nn.Sequential:
@@ -71,14 +96,12 @@ class VGG19Features(nn.Module):
         path = find_vgg_weights(weights_path)    # fail before building
         features = _vgg19_features()[:30]
         if path is not None:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k.removeprefix("features."): v for k, v in state.items()
-                     if k.startswith("features.") and int(k.split(".")[1]) < 30}
+            state = read_vgg_state(path)
             try:
-                features.load_state_dict(state)
-            except RuntimeError as e:
-                raise ValueError(f"{path}: not torchvision VGG19 weights ({str(e).splitlines()[0]})") \
-                    from None
+                check_state(features, state, "VGG19 features")
+            except CheckpointError as e:
+                raise CheckpointError(path, f"not torchvision VGG19 weights: {e}") from None
+            features.load_state_dict(state)
         self.slices = nn.ModuleList(features[a:b] for a, b in VGG_SLICES)
         self.requires_grad_(False)
         self.eval()

@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p2phd_infer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from p2phd_infer.checkpoint import (Checkpoint, check_state, load_checkpoint, save_checkpoint,
+                                    torch_load)
 from p2phd_infer.engines.base import resolve_device
-from p2phd_infer.errors import CheckpointError, OptionError
-from p2phd_infer.files import write_atomic
-from p2phd_infer.config import ModelConfig
+from p2phd_infer.errors import CheckpointError, Error, OptionError
+from p2phd_infer.files import check_writable, remove_stale_temps, write_atomic
+from p2phd_infer.config import BOUNDS, MAX_ENHANCERS, MAX_FEAT_NUM, MAX_FILTERS, ModelConfig
 from p2phd_infer.image_io import write_image
 from p2phd_infer.instance_features import encoder_features
 from p2phd_infer.labels import CITYSCAPES_NAMES, encode_labels
@@ -41,13 +43,15 @@ from p2phd_infer.networks import build_encoder, build_generator
 
 from .datasets import PairedDataset
 from .discriminator import MultiscaleDiscriminator
+from . import losses as loss_module
 from .losses import VGG19Features, VGGLoss, feature_matching_loss, gan_loss
 from .visual import sample_grid
 
 STATE_FILE = "trainer_state.pt"
 LOSS_NAMES = ("G_GAN", "G_GAN_Feat", "G_VGG", "D_real", "D_fake")
 # Options a resumed run may change; everything else comes from the saved run.
-RUNTIME_OPTIONS = ("max_steps", "save_every", "device", "num_workers", "dataroot", "progress")
+RUNTIME_OPTIONS = ("max_steps", "save_every", "device", "num_workers", "dataroot", "progress",
+                   "name", "checkpoints_dir")
 
 
 @dataclass
@@ -98,6 +102,58 @@ class TrainOptions:
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     progress: bool = True
+
+    def __post_init__(self):
+        # The same bounds as the command line's (p2phd_infer/cli/train.py), for callers of the
+        # Python API and for options read back from a trainer_state.pt: a bad value is refused
+        # here by its option name, never met as a crash at step 1 or mid-run.
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise OptionError(flag(name), f"{getattr(self, name)!r} is not one of "
+                                              f"{', '.join(choices)}")
+        for name, (lo, hi) in INT_BOUNDS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise OptionError(flag(name), f"must be an integer, not {value!r}")
+            if not lo <= value <= hi:
+                raise OptionError(flag(name), f"{value} is out of range ({lo}..{hi})")
+        for name, ok, what in (("lr", lambda v: 0 < v <= 1, "in (0, 1]"),
+                               ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("lambda_feat", lambda v: 0 <= v <= 1e6, "in [0, 1e6]")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or not ok(value):
+                raise OptionError(flag(name), f"{value!r} is out of range (must be {what})")
+        if self.niter + self.niter_decay < 1:
+            raise OptionError("--niter/--niter-decay", "0 epochs in all: nothing to train")
+        if not isinstance(self.dataroot, (str, os.PathLike)) or not str(self.dataroot):
+            raise OptionError("--dataroot", "a dataset folder is required")
+
+
+def flag(name: str) -> str:
+    """The command-line option of a TrainOptions field: n_downsample_E -> --n-downsample-e."""
+    return "--" + name.replace("_", "-").lower()
+
+
+# Bounds of the integer options (the architecture ones are ModelConfig's).
+INT_BOUNDS = {
+    "label_nc": BOUNDS["label_nc"], "feat_num": (1, MAX_FEAT_NUM), "ngf": BOUNDS["ngf"],
+    "n_downsample_global": BOUNDS["n_downsample_global"],
+    "n_blocks_global": BOUNDS["n_blocks_global"], "n_local_enhancers": (1, MAX_ENHANCERS),
+    "n_blocks_local": BOUNDS["n_blocks_local"], "nef": BOUNDS["nef"],
+    "n_downsample_E": BOUNDS["n_downsample_E"], "ndf": (1, MAX_FILTERS), "n_layers_d": (1, 8),
+    "num_d": (1, 8), "niter": (0, 10**6), "niter_decay": (0, 10**6),
+    "niter_fix_global": (0, 10**6), "batch_size": (1, 4096), "load_size": (1, 65536),
+    "num_workers": (0, 256), "max_steps": (1, 10**12), "save_every": (1, 10**12),
+    "seed": (0, 2**63 - 1),
+}
+OPTIONAL = {"label_nc", "feat_num", "ngf", "n_downsample_global", "n_blocks_global", "nef",
+            "n_downsample_E", "max_steps"}
+CHOICES = {"stage": ("global", "local"), "dataset_mode": ("pix2pixhd", "cityscapes"),
+           "resize_or_crop": ("none", "scale_width"),
+           "precision": ("auto", "fp32", "bf16", "fp16")}
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -207,19 +263,132 @@ def save_torch_atomic(obj, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- training
 
-def train(opts: TrainOptions) -> Path:
-    """Run (or resume) one stage. Returns the path of the written model.pt."""
+def read_state(path: Path) -> dict:
+    """trainer_state.pt -> its dict, every part checked for type (the weights are checked
+    against the networks when they are loaded); CheckpointError naming the file otherwise."""
+    if not path.is_file():
+        raise CheckpointError(path, "no trainer state to resume from (was the run started with "
+                                    "these --checkpoints-dir and --name?)")
+    state = torch_load(path, "trainer state file")
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"not a trainer state (holds a {type(state).__name__})")
+    for key, kinds in STATE_PARTS.items():
+        if key not in state:
+            raise CheckpointError(path, f"not a trainer state: no `{key}`"
+                                  + (" (this is a model.pt)" if state.get("format") else ""))
+        if not isinstance(state[key], kinds) or isinstance(state[key], bool):
+            raise CheckpointError(path, f"`{key}` is a {type(state[key]).__name__}")
+    if state["phase"] not in ("fix", "all") or state["step"] < 0:
+        raise CheckpointError(path, f"bad phase {state['phase']!r} or step {state['step']}")
+    return state
+
+
+# What a trainer state holds (rng_cuda too, on CUDA).
+STATE_PARTS = {"options": dict, "config": dict, "step": int, "phase": str,
+               "train_seconds": (int, float), "G": dict, "D": dict, "E": (dict, type(None)),
+               "opt_G": dict, "opt_D": dict, "scaler_G": dict, "scaler_D": dict,
+               "rng_cpu": torch.Tensor}
+
+
+def resumed_options(opts: TrainOptions, state: dict, path: Path,
+                    given: set[str]) -> tuple[TrainOptions, list[str]]:
+    """The options of the saved run, with the RUNTIME_OPTIONS taken from `opts`; and the options
+    given now that the saved run overrides (`--lr 0.001 (the run uses 0.0002)`)."""
+    saved = dict(state["options"])
+    unknown = set(saved) - {f.name for f in dataclasses.fields(TrainOptions)}
+    if unknown:
+        raise CheckpointError(path, f"saved options of another version: {sorted(map(str, unknown))}")
+    ignored = [f"{flag(k)} {getattr(opts, k)} (the run uses {saved.get(k)})"
+               for k in sorted(given) if k not in RUNTIME_OPTIONS and k != "resume"
+               and k in saved and getattr(opts, k) != saved[k]]
+    for k in RUNTIME_OPTIONS:
+        saved[k] = getattr(opts, k)
+    try:
+        return TrainOptions(**{**saved, "resume": True}), ignored
+    except (OptionError, TypeError) as e:
+        raise CheckpointError(path, f"bad saved options: {e}") from None
+
+
+def given_options(opts: TrainOptions) -> set[str]:
+    """The options set to something other than their default (what a Python caller gave)."""
+    return {f.name for f in dataclasses.fields(TrainOptions)
+            if f.default is not dataclasses.MISSING and getattr(opts, f.name) != f.default}
+
+
+def restore(state: dict, path: Path, parts: dict) -> None:
+    """Load the saved weights, optimizer and scaler states and RNG into this run's objects, or a
+    CheckpointError naming the file: a state of another architecture or a damaged one must not
+    surface as torch's multi-line load_state_dict error."""
+    try:
+        for key, obj in parts.items():
+            if obj is None:
+                continue
+            if isinstance(obj, nn.Module):
+                check_state(obj, state[key], key)
+            obj.load_state_dict(state[key])
+            if isinstance(obj, torch.optim.Optimizer):
+                _check_moments(obj, key)
+        torch.set_rng_state(state["rng_cpu"])
+    except CheckpointError as e:
+        raise CheckpointError(path, f"does not fit this run: {e}") from None
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(path, f"does not fit this run ({e.__class__.__name__}: {first})") \
+            from None
+
+
+# Ten times the official 2048x1024 model (183 M parameters in G): options within their bounds
+# can still multiply up (ngf 4096 with 8 halvings is 10^13 parameters), and building that for
+# real would exhaust memory rather than fail.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def check_size_of(cfg: ModelConfig) -> None:
+    """OptionError before anything is allocated when G and E together are absurdly large
+    (counted on the meta device: shapes only)."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build_generator(cfg).parameters())
+        if cfg.feat_num > 0:
+            n += sum(p.numel() for p in build_encoder(cfg).parameters())
+    if n > MAX_PARAMETERS:
+        raise OptionError("--ngf/--n-downsample-global/--n-blocks-global",
+                          f"the generator would have {n:,} parameters, more than "
+                          f"{MAX_PARAMETERS:,}")
+
+
+def _check_moments(opt: torch.optim.Optimizer, what: str) -> None:
+    """torch checks only the number of parameters per group; Adam's moments of the wrong shape
+    would load and then crash at the first step."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                    raise CheckpointError(f"{what}: {name} of shape {tuple(v.shape)} for a "
+                                          f"parameter of shape {tuple(p.shape)}")
+
+
+def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
+    """Run (or resume) one stage. Returns the path of the written model.pt.
+
+    `given`: the options set explicitly (the command line's); a resumed run warns about those
+    its saved state overrides. None: those that differ from their defaults."""
     run_dir = Path(opts.checkpoints_dir) / opts.name
+    # Every output goes into run_dir: refuse an unwritable one now, not after the first epoch.
+    check_writable(run_dir / "model.pt")
+    main_process = int(os.environ.get("RANK", "0")) == 0
     state = None
     if opts.resume:
         state_path = run_dir / STATE_FILE
-        if not state_path.is_file():
-            raise FileNotFoundError(f"{state_path}: no trainer state to resume from")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved = dict(state["options"])
-        for k in RUNTIME_OPTIONS:
-            saved[k] = getattr(opts, k)
-        opts = TrainOptions(**{**saved, "resume": True})
+        state = read_state(state_path)
+        opts, ignored = resumed_options(opts, state, state_path,
+                                        given_options(opts) if given is None else set(given))
+        if ignored and main_process:
+            print(f"warning: --resume continues {state_path} with its saved options; ignored: "
+                  + ", ".join(ignored), file=sys.stderr, flush=True)
+    if main_process:
+        # Temporary files of a killed write (files.write_atomic names them) would otherwise
+        # pile up in the run folder across restarts.
+        remove_stale_temps(run_dir)
 
     # Distributed: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK.
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -234,10 +403,38 @@ def train(opts: TrainOptions) -> Path:
     main_process = rank == 0
 
     if state is not None:        # the architecture of the run being resumed, G1 included
-        cfg, g1_ckpt = ModelConfig.from_dict(state["config"]), None
+        try:
+            cfg, g1_ckpt = ModelConfig.from_dict(state["config"]), None
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(run_dir / STATE_FILE, f"bad architecture config: {e}") from None
     else:
-        cfg, g1_ckpt = resolve_config(opts)
+        try:
+            cfg, g1_ckpt = resolve_config(opts)
+        except ValueError as e:
+            if isinstance(e, Error):
+                raise
+            raise OptionError(f"the architecture options give no valid model: {e}") from None
     enhancers = cfg.enhancers
+    check_size_of(cfg)
+    if not opts.no_vgg:
+        loss_module.find_vgg_weights(opts.vgg_weights)   # missing: fail before the data check
+
+    # Data, every file decoded and checked before step 1. H and W must divide G's stride, and
+    # E's stride at E's resolution.
+    multiple = max(cfg.stride, 2 ** cfg.n_downsample_E * 2 ** enhancers if cfg.feat_num else 1)
+    dataset = PairedDataset(opts.dataroot, opts.dataset_mode, opts.phase, cfg.needs_instance_map,
+                            opts.resize_or_crop, opts.load_size, multiple, not opts.no_flip,
+                            opts.seed, cfg.label_nc)
+    dataset.check_files(max(cfg.min_size, cfg.encoder_min_size if cfg.feat_num else 1),
+                        workers=max(1, opts.num_workers),
+                        progress=main_process and opts.progress)
+
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                  shuffle=True, seed=opts.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // opts.batch_size
+    if steps_per_epoch == 0:
+        raise OptionError("--batch-size", f"{opts.dataroot}: {len(dataset)} samples, fewer than "
+                                          f"batch size {opts.batch_size} x {world} processes")
 
     # Networks. Same seed on every rank, and DDP broadcasts rank 0's weights anyway.
     torch.manual_seed(opts.seed)
@@ -254,17 +451,6 @@ def train(opts: TrainOptions) -> Path:
         vgg_loss = VGGLoss(VGG19Features(opts.vgg_weights),
                            opts.lambda_feat).to(device)
 
-    # Data. H and W must divide G's stride, and E's stride at E's resolution.
-    multiple = max(cfg.stride, 2 ** cfg.n_downsample_E * 2 ** enhancers if E is not None else 1)
-    dataset = PairedDataset(opts.dataroot, opts.dataset_mode, opts.phase, cfg.needs_instance_map,
-                            opts.resize_or_crop, opts.load_size, multiple, not opts.no_flip,
-                            opts.seed, cfg.label_nc)
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
-                                                  shuffle=True, seed=opts.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // opts.batch_size
-    if steps_per_epoch == 0:
-        raise OptionError(f"{opts.dataroot}: {len(dataset)} samples, fewer than batch size "
-                         f"{opts.batch_size} x {world} processes")
     total_steps = (opts.niter + opts.niter_decay) * steps_per_epoch
     end_step = min(total_steps, opts.max_steps) if opts.max_steps else total_steps
     fix_steps = opts.niter_fix_global * steps_per_epoch if opts.stage == "local" else 0
@@ -303,17 +489,14 @@ def train(opts: TrainOptions) -> Path:
     phase = phase_at(0)
     opt_G = make_opt_G(phase)
     if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        if E is not None:
-            E.load_state_dict(state["E"])
+        if (E is None) != (state["E"] is None):
+            raise CheckpointError(run_dir / STATE_FILE, "does not fit this run: the encoder E "
+                                  "is " + ("missing" if state["E"] is None else "unexpected"))
         step, train_seconds, phase = state["step"], state["train_seconds"], state["phase"]
         opt_G = make_opt_G(phase)
-        opt_G.load_state_dict(state["opt_G"])
-        opt_D.load_state_dict(state["opt_D"])
-        scaler_G.load_state_dict(state["scaler_G"])
-        scaler_D.load_state_dict(state["scaler_D"])
-        torch.set_rng_state(state["rng_cpu"])
+        restore(state, run_dir / STATE_FILE, {"G": G, "D": D, "E": E, "opt_G": opt_G,
+                                              "opt_D": opt_D, "scaler_G": scaler_G,
+                                              "scaler_D": scaler_D})
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
     G_run, E_run, D_run = wrap(G), wrap(E), wrap(D)

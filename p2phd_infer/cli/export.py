@@ -118,7 +118,10 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
         build_tensorrt(onnx_tmp, out, max_batch, fp16=fp16 is not False,
                        timing_cache=timing_cache, device=dev, log=tqdm.write)
     finally:
-        onnx_tmp.unlink(missing_ok=True)
+        try:                   # never let the cleanup hide the error that got us here
+            onnx_tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     bar.update(1)
     return open_engine(out, dev)
 

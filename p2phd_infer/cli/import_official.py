@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..checkpoint import save_checkpoint
+from ..config import MAX_LABEL_NC
 from ..files import check_writable
 from ..official import import_official
 
@@ -14,7 +15,7 @@ from ..official import import_official
 @click.option("--encoder", type=click.Path(dir_okay=False), help="latest_net_E.pth (feature encoder).")
 @click.option("--features", type=click.Path(dir_okay=False),
               help="features_clustered_010.npy (per-class k-means feature dictionary).")
-@click.option("--label-nc", default=35, show_default=True, type=click.IntRange(1),
+@click.option("--label-nc", default=35, show_default=True, type=click.IntRange(1, MAX_LABEL_NC),
               help="Number of label classes.")
 @click.option("--no-instance", is_flag=True, help="The model was trained without instance maps.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output model.pt.")

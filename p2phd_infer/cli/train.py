@@ -4,9 +4,18 @@ from __future__ import annotations
 import os
 
 import click
+from click.core import ParameterSource
 
 from ..errors import Error
 from . import fail
+
+
+def _bounded(name: str) -> click.IntRange:
+    """The integer range of a TrainOptions field (the one table of bounds, in train/trainer.py),
+    so `--batch-size 0` is refused by click before anything runs."""
+    from ..train.trainer import INT_BOUNDS
+    lo, hi = INT_BOUNDS[name]
+    return click.IntRange(lo, hi)
 
 
 @click.command("train")
@@ -21,46 +30,65 @@ from . import fail
               help="global: G1 at low resolution; local: the local enhancer on a loaded G1.")
 @click.option("--load-global", type=click.Path(dir_okay=False),
               help="Stage local: the global stage's model.pt.")
-@click.option("--label-nc", type=int, help="Label classes [35; local: from the loaded G1].")
+@click.option("--label-nc", type=_bounded("label_nc"),
+              help="Label classes [35; local: from the loaded G1].")
 @click.option("--no-instance", is_flag=True, help="No instance edge map input.")
 @click.option("--instance-feat", is_flag=True, help="Train the encoder E for per-instance features.")
-@click.option("--feat-num", type=int, help="Encoder feature channels [3].")
-@click.option("--ngf", type=int, help="Generator filters: G1's (global) [64], the enhancer's (local) "
-              "[G1's / 2**n_local_enhancers].")
-@click.option("--n-downsample-global", type=int, help="G1 downsamplings [4].")
-@click.option("--n-blocks-global", type=int, help="G1 residual blocks [9].")
-@click.option("--n-local-enhancers", default=1, show_default=True)
-@click.option("--n-blocks-local", default=3, show_default=True)
-@click.option("--nef", type=int, help="Encoder filters [16].")
-@click.option("--n-downsample-e", "n_downsample_E", type=int, help="Encoder downsamplings [4].")
-@click.option("--ndf", default=64, show_default=True, help="Discriminator filters.")
-@click.option("--n-layers-d", default=3, show_default=True, help="Discriminator layers.")
-@click.option("--num-d", default=2, show_default=True, help="Discriminator scales.")
-@click.option("--niter", default=100, show_default=True, help="Epochs at the initial learning rate.")
-@click.option("--niter-decay", default=100, show_default=True, help="Epochs of linear decay to 0.")
+@click.option("--feat-num", type=_bounded("feat_num"), help="Encoder feature channels [3].")
+@click.option("--ngf", type=_bounded("ngf"), help="Generator filters: G1's (global) [64], the "
+              "enhancer's (local) [G1's / 2**n_local_enhancers].")
+@click.option("--n-downsample-global", type=_bounded("n_downsample_global"),
+              help="G1 downsamplings [4].")
+@click.option("--n-blocks-global", type=_bounded("n_blocks_global"), help="G1 residual blocks [9].")
+@click.option("--n-local-enhancers", default=1, show_default=True,
+              type=_bounded("n_local_enhancers"))
+@click.option("--n-blocks-local", default=3, show_default=True, type=_bounded("n_blocks_local"))
+@click.option("--nef", type=_bounded("nef"), help="Encoder filters [16].")
+@click.option("--n-downsample-e", "n_downsample_E", type=_bounded("n_downsample_E"),
+              help="Encoder downsamplings [4].")
+@click.option("--ndf", default=64, show_default=True, type=_bounded("ndf"),
+              help="Discriminator filters.")
+@click.option("--n-layers-d", default=3, show_default=True, type=_bounded("n_layers_d"),
+              help="Discriminator layers.")
+@click.option("--num-d", default=2, show_default=True, type=_bounded("num_d"),
+              help="Discriminator scales.")
+@click.option("--niter", default=100, show_default=True, type=_bounded("niter"),
+              help="Epochs at the initial learning rate.")
+@click.option("--niter-decay", default=100, show_default=True, type=_bounded("niter_decay"),
+              help="Epochs of linear decay to 0.")
 @click.option("--niter-fix-global", default=0, show_default=True,
+              type=_bounded("niter_fix_global"),
               help="Stage local: epochs training the enhancer alone with G1 frozen.")
-@click.option("--lr", default=2e-4, show_default=True)
-@click.option("--batch-size", default=1, show_default=True, help="Per process.")
+@click.option("--lr", default=2e-4, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True))
+@click.option("--batch-size", default=1, show_default=True, type=_bounded("batch_size"),
+              help="Per process.")
 @click.option("--resize-or-crop", type=click.Choice(["none", "scale_width"]), default="scale_width",
               show_default=True)
-@click.option("--load-size", default=1024, show_default=True, help="Width for scale_width.")
+@click.option("--load-size", default=1024, show_default=True, type=_bounded("load_size"),
+              help="Width for scale_width.")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
-@click.option("--num-workers", default=2, show_default=True, help="DataLoader workers.")
-@click.option("--lambda-feat", default=10.0, show_default=True,
+@click.option("--num-workers", default=2, show_default=True, type=_bounded("num_workers"),
+              help="DataLoader workers (and threads of the dataset check).")
+@click.option("--lambda-feat", default=10.0, show_default=True, type=click.FloatRange(0, 1e6),
               help="Weight of feature matching and VGG losses.")
 @click.option("--no-vgg", is_flag=True, help="Train without the VGG19 perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False),
               help="torchvision vgg19-dcbb9e9d.pth [torch hub cache]; never downloaded.")
-@click.option("--max-steps", type=int, help="Stop after this many steps (the schedule is unchanged).")
-@click.option("--save-every", default=1000, show_default=True, help="Checkpoint every N steps.")
-@click.option("--resume", is_flag=True, help="Continue the run in --checkpoints-dir/--name exactly.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--max-steps", type=_bounded("max_steps"),
+              help="Stop after this many steps (the schedule is unchanged).")
+@click.option("--save-every", default=1000, show_default=True, type=_bounded("save_every"),
+              help="Checkpoint every N steps.")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoints-dir/--name "
+              "exactly, with its saved options (all but --max-steps, --save-every, --device, "
+              "--num-workers, --dataroot and --no-progress).")
+@click.option("--seed", default=0, show_default=True, type=_bounded("seed"))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train_cmd(no_progress, **kw):
+@click.pass_context
+def train_cmd(ctx, no_progress, **kw):
     """Train one pix2pixHD stage (multi-GPU: launch with torchrun).
 
     \b
@@ -71,8 +99,11 @@ def train_cmd(no_progress, **kw):
     Writes model.pt, trainer_state.pt, loss_log.csv and samples/ into CHECKPOINTS_DIR/NAME.
     """
     from ..train.trainer import TrainOptions, train
+    # What was typed (not defaulted): a resumed run names the options its saved state overrides.
+    given = {name for name in kw if ctx.get_parameter_source(name) in
+             (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     try:
-        path = train(TrainOptions(progress=not no_progress, **kw))
+        path = train(TrainOptions(progress=not no_progress, **kw), given)
     except Error as e:          # python -m p2phd_infer.train runs this command outside `main`
         raise fail(e) from None
     if os.environ.get("RANK", "0") == "0":      # torchrun: one line, from rank 0
