@@ -7,9 +7,8 @@ from .feature_scatter import feature_scatter, feature_scatter_reference
 from .instance_mean import instance_mean, instance_mean_reference
 from .instance_norm import instance_norm_act, instance_norm_act_reference
 from .label_conv import LabelConv, label_conv, label_conv_reference
-from .label_encode import label_encode, label_encode_reference
 
 __all__ = ["feature_scatter", "feature_scatter_reference", "instance_mean",
-           "instance_mean_reference", "label_encode", "label_encode_reference",
+           "instance_mean_reference",
            "instance_norm_act", "instance_norm_act_reference", "LabelConv", "label_conv",
            "label_conv_reference"]

@@ -68,6 +68,22 @@ def triton_device() -> tuple[str | None, str]:
     return None, "no CUDA, and TRITON_INTERPRET=1 was not set before triton was imported"
 
 
+INDEX_LIMIT = 2**31   # int32 indices: the kernels keep pixel indices int32, addresses int64
+
+
+def check_index_range(what: str, count: int) -> None:
+    """Raise before a launch whose int32 index (a pixel count, say) would reach 2^31."""
+    if count >= INDEX_LIMIT:
+        raise ValueError(f"{what}: {count} is past the kernels' int32 index range "
+                         f"(< 2^31); split the batch or the frame")
+
+
+@jit
+def index64(i, stride):
+    """An element offset i * stride in int64 (an int32 product wraps past 2^31 elements)."""
+    return i.to(tl.int64) * stride
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from ._backend import jit, next_pow2, tl, triton, use_triton
+from ._backend import check_index_range, jit, next_pow2, tl, triton, use_triton
 
 
 def _sorted_rows(inst_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +85,8 @@ def _feature_scatter_triton(inst, inst_ids, table):
     f_pad = next_pow2(F)
     block = max(16, min(1024, 4096 // f_pad, next_pow2(N)))
     grid = (triton.cdiv(N, block), B)
+    # Pixel indices are int32, the last block's lanes included.
+    check_index_range("feature_scatter: pixels per sample", grid[0] * block)
     dev = inst.device
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         _feature_scatter_kernel[grid](inst.contiguous(), ids.contiguous(), perm.contiguous(),

@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-from ._backend import jit, next_pow2, tl, triton, use_triton
+from ._backend import check_index_range, jit, next_pow2, tl, triton, use_triton
 
 
 def instance_mean_reference(feat: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
@@ -91,9 +91,11 @@ def _insert_kernel(inst_ptr, keys_ptr, vals_ptr, N, P, empty,
         k = tl.load(keys + slot, mask=need, other=empty)
         free = need & (k == empty)
         if tl.max(free.to(tl.int32), axis=0) > 0:
-            # Lanes with nothing to claim swap empty for empty on their own pixel's slot: a no-op
-            # that needs no mask (atomic_cas has none) and contends with nobody.
-            target = tl.where(free, slot, p.to(tl.int64))
+            # atomic_cas takes no mask, so lanes with nothing to claim swap empty for empty: a
+            # no-op, on their own pixel's slot (no contention). Wrapped into the table: lanes
+            # past the last pixel exist when a frame has fewer pixels than a block (16), and
+            # their p is past this sample's P slots (past the whole table, for the last sample).
+            target = tl.where(free, slot, (p & (P - 1)).to(tl.int64))
             old = tl.atomic_cas(keys + target, empties, tl.where(free, x, empties))
             claimed = free & (old == empty)
             won = won | claimed
@@ -172,6 +174,7 @@ def _instance_mean_triton(feat: torch.Tensor, inst: torch.Tensor,
         ids = ids.to(torch.int32)  # uint8/int16 ids widen losslessly
     ids = ids.contiguous()
     P = max(2, next_pow2(N))
+    check_index_range("instance_mean: hash slots per sample", P)   # int32 pixel indices
     empty = torch.iinfo(ids.dtype).min
     keys = torch.full((B * P,), empty, dtype=ids.dtype, device=feat.device)
     vals = torch.empty((B * P, C + 1), dtype=torch.float32, device=feat.device)

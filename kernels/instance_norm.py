@@ -11,12 +11,16 @@ with act = ReLU or identity (the add comes after the activation, matching both u
 block ends in IN + add with no ReLU; the local enhancer adds G1's features after its front's
 IN + ReLU). Statistics are fp32 whatever the I/O dtype (fp16, bf16, fp32). Any strides work, so
 NCHW, channels_last and views (the interior of a padded buffer) all go through without copies; the
-output keeps x's memory format. Three launches, all sizes fixed by the shapes (sync-free, CUDA
-graph capturable):
+output keeps x's memory format. Addresses are int64 (index.to(int64) * stride): a 1024-channel map
+of 2048x1024 pixels has 2^31 elements, past int32; pixel indices within a sample stay int32
+(checked: fewer than 2^31 pixels per sample). Three launches, all sizes fixed by the shapes
+(sync-free, CUDA graph capturable):
   1. partial statistics: each program reduces a chunk of pixels for a block of channels to
      (mean, M2) with Chan's parallel merge, which stays accurate where sum/sum-of-squares would
      cancel (large mean, small variance);
-  2. finalize: combine the chunks per (sample, channel) into mean and 1/sqrt(var + eps);
+  2. finalize: combine the chunks per (sample, channel) into mean and 1/sqrt(var + eps), each
+     program all the chunks of a few channels in one tile (no loop: up to 1024 chunks x 2
+     channels, or 64 x 32), so the tail of every norm is one round of loads, not 32;
   3. apply: normalise, activate, add, store (and the mirrored copies that reflection padding
      needs, for pixels near the border).
 """
@@ -25,7 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import jit, next_pow2, tl, use_triton
+from ._backend import check_index_range, index64, jit, next_pow2, tl, use_triton
+
+MAX_CHUNKS = 1024     # partial statistics per (sample, channel block); finalize takes them at once
+FINALIZE_TILE = 2048  # chunks x channels one finalize program holds
 
 
 def instance_norm_act_reference(x: torch.Tensor, relu: bool = False,
@@ -54,13 +61,13 @@ def _stats_kernel(x_ptr, part_ptr, C, W, HW, CHUNK, NCHUNK, sxb, sxc, sxh, sxw,
     end = tl.minimum(start + CHUNK, HW)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    base = x_ptr + b * sxb + cs[None, :] * sxc
+    base = x_ptr + b * sxb + index64(cs, sxc)[None, :]
     for p0 in range(start, end, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
         pm = ps < end
         m = pm[:, None] & cmask[None, :]
-        v = tl.load(base + (ps // W)[:, None] * sxh + (ps % W)[:, None] * sxw, mask=m,
-                    other=0.0).to(tl.float32)
+        v = tl.load(base + index64(ps // W, sxh)[:, None] + index64(ps % W, sxw)[:, None],
+                    mask=m, other=0.0).to(tl.float32)
         nb = tl.sum(pm.to(tl.float32), axis=0)
         mb = tl.sum(v, axis=0) / nb
         d = tl.where(m, v - mb[None, :], 0.0)
@@ -80,31 +87,22 @@ def _stats_kernel(x_ptr, part_ptr, C, W, HW, CHUNK, NCHUNK, sxb, sxc, sxh, sxw,
 @jit
 def _finalize_kernel(part_ptr, stats_ptr, C, HW, CHUNK, NCHUNK, eps,
                      BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Two passes over the chunks, BLOCK_K at a time: the mean of the chunk means weighted by
-    # their pixel counts, then M2 = sum_k M2_k + n_k (mean_k - mean)^2 (exact, and stable since
-    # every deviation is taken from the final mean).
+    # One program: BLOCK_C channels of one sample, all NCHUNK <= BLOCK_K chunks in one tile. The
+    # mean of the chunk means weighted by their pixel counts, then M2 = sum_k M2_k +
+    # n_k (mean_k - mean)^2 (exact, and stable since every deviation is taken from the final
+    # mean), both from the registers.
     b = tl.program_id(0).to(tl.int64)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
-    ks = tl.arange(0, BLOCK_K)
-    base = part_ptr + b * NCHUNK * 2 * C
-    total = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for k0 in range(0, NCHUNK, BLOCK_K):
-        k = k0 + ks
-        m = (k < NCHUNK)[:, None] & cmask[None, :]
-        nk = tl.minimum(tl.maximum(HW - k * CHUNK, 0), CHUNK).to(tl.float32)
-        mk = tl.load(base + k[:, None] * 2 * C + cs[None, :], mask=m, other=0.0)
-        total += tl.sum(nk[:, None] * mk, axis=0)
-    mean = total / HW
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for k0 in range(0, NCHUNK, BLOCK_K):
-        k = k0 + ks
-        m = (k < NCHUNK)[:, None] & cmask[None, :]
-        nk = tl.minimum(tl.maximum(HW - k * CHUNK, 0), CHUNK).to(tl.float32)
-        mk = tl.load(base + k[:, None] * 2 * C + cs[None, :], mask=m, other=0.0)
-        m2k = tl.load(base + k[:, None] * 2 * C + C + cs[None, :], mask=m, other=0.0)
-        d = mk - mean[None, :]
-        m2 += tl.sum(m2k + nk[:, None] * d * d, axis=0)
+    k = tl.arange(0, BLOCK_K).to(tl.int64)
+    m = (k < NCHUNK)[:, None] & cmask[None, :]
+    nk = tl.minimum(tl.maximum(HW - k * CHUNK, 0), CHUNK).to(tl.float32)
+    rows = part_ptr + index64(b * NCHUNK + k, 2 * C)[:, None] + cs[None, :]
+    mk = tl.load(rows, mask=m, other=0.0)
+    m2k = tl.load(rows + C, mask=m, other=0.0)
+    mean = tl.sum(nk[:, None] * mk, axis=0) / HW
+    d = tl.where(m, mk - mean[None, :], 0.0)
+    m2 = tl.sum(m2k + nk[:, None] * d * d, axis=0)
     rstd = 1.0 / tl.sqrt(m2 / HW + eps)   # biased variance, as nn.InstanceNorm2d
     tl.store(stats_ptr + b * 2 * C + cs, mean, mask=cmask)
     tl.store(stats_ptr + b * 2 * C + C + cs, rstd, mask=cmask)
@@ -121,20 +119,22 @@ def _apply_kernel(x_ptr, stats_ptr, res_ptr, out_ptr, C, H, W,
     cmask = cs < C
     pm = ps < H * W
     m = pm[:, None] & cmask[None, :]
-    y = ps // W
-    x = ps % W
+    # int64 from here on: they multiply strides, the mirrored ones too.
+    y = (ps // W).to(tl.int64)
+    x = (ps % W).to(tl.int64)
+    c64 = cs.to(tl.int64)
     mean = tl.load(stats_ptr + b * 2 * C + cs, mask=cmask, other=0.0)
     rstd = tl.load(stats_ptr + b * 2 * C + C + cs, mask=cmask, other=0.0)
-    v = tl.load(x_ptr + b * sxb + cs[None, :] * sxc + y[:, None] * sxh + x[:, None] * sxw,
+    v = tl.load(x_ptr + b * sxb + c64[None, :] * sxc + y[:, None] * sxh + x[:, None] * sxw,
                 mask=m, other=0.0).to(tl.float32)
     v = (v - mean[None, :]) * rstd[None, :]
     if RELU:
         v = tl.maximum(v, 0.0)
     if HAS_RES:
-        v += tl.load(res_ptr + b * srb + cs[None, :] * src + y[:, None] * srh + x[:, None] * srw,
-                     mask=m, other=0.0).to(tl.float32)
+        v += tl.load(res_ptr + b * srb + c64[None, :] * src + y[:, None] * srh
+                     + x[:, None] * srw, mask=m, other=0.0).to(tl.float32)
     v = v.to(out_ptr.dtype.element_ty)
-    obase = out_ptr + b * sob + cs[None, :] * soc
+    obase = out_ptr + b * sob + c64[None, :] * soc
     tl.store(obase + (y + PAD)[:, None] * soh + (x + PAD)[:, None] * sow, v, mask=m)
     if PAD > 0:
         # Reflection: padded row PAD - y mirrors rows 1..PAD, row 2(H-1) + PAD - y mirrors rows
@@ -158,10 +158,14 @@ def _cdiv(a: int, b: int) -> int:
 def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
                              residual: torch.Tensor | None = None, pad: int = 0,
                              eps: float = 1e-5, tile_p: int | None = None,
-                             tile_c: int | None = None, max_chunks: int = 1024) -> torch.Tensor:
-    """tile_p, tile_c (powers of two >= 16) and max_chunks override the tiling: tests use them to
-    reach the multi-tile, multi-chunk and multi-channel-block paths on small inputs."""
+                             tile_c: int | None = None,
+                             max_chunks: int = MAX_CHUNKS) -> torch.Tensor:
+    """tile_p, tile_c (powers of two >= 16) and max_chunks (<= MAX_CHUNKS) override the tiling:
+    tests use them to reach the multi-tile, multi-chunk and multi-channel-block paths on small
+    inputs."""
     B, C, H, W = x.shape
+    if not 1 <= max_chunks <= MAX_CHUNKS:
+        raise ValueError(f"max_chunks must be in 1..{MAX_CHUNKS}, got {max_chunks}")
     if pad and (H < 2 * pad + 2 or W < 2 * pad + 2):
         # Too small for the one-mirror-per-side store; pad afterwards (tiny maps only).
         y = instance_norm_act_triton(x, relu, residual, 0, eps, tile_p, tile_c, max_chunks)
@@ -170,6 +174,8 @@ def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
     if residual is not None and tuple(residual.shape) != tuple(x.shape):
         raise ValueError(f"residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
     HW = H * W
+    # Pixel indices within a sample are int32 (addresses are int64).
+    check_index_range("instance_norm_act: pixels per sample", (H + 2 * pad) * (W + 2 * pad))
     block_c = min(64, max(16, next_pow2(C)))
     block_p = max(16, 4096 // block_c)
     if x.device.type == "cpu":
@@ -186,12 +192,10 @@ def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
     chunk = _cdiv(tiles, nchunk) * block_p
     nchunk = _cdiv(HW, chunk)
     part = torch.empty(B, nchunk, 2, C, dtype=torch.float32, device=x.device)
-    stats = torch.empty(B, 2, C, dtype=torch.float32, device=x.device)
     _stats_kernel[(nchunk, B, ncb)](
         x, part, C, W, HW, chunk, nchunk, x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=4)
-    _finalize_kernel[(B, ncb)](part, stats, C, HW, chunk, nchunk, eps, BLOCK_C=block_c,
-                               BLOCK_K=max(16, min(64, next_pow2(nchunk))), num_warps=4)
+    stats = finalize_stats(part, HW, chunk, eps)
     out = torch.empty(B, C, H + 2 * pad, W + 2 * pad, dtype=x.dtype, device=x.device,
                       memory_format=memory_format_of(x))
     r = residual if residual is not None else x
@@ -202,6 +206,22 @@ def instance_norm_act_triton(x: torch.Tensor, relu: bool = False,
         PAD=pad, RELU=relu, HAS_RES=residual is not None, BLOCK_C=block_c, BLOCK_P=block_p,
         num_warps=4)
     return out
+
+
+def finalize_stats(part: torch.Tensor, HW: int, chunk: int, eps: float = 1e-5) -> torch.Tensor:
+    """Partial statistics [B, NCHUNK, 2 (mean, M2), C] of chunks of `chunk` pixels (the last
+    one shorter) -> [B, 2 (mean, 1/sqrt(var + eps)), C], fp32."""
+    B, nchunk, _, C = part.shape
+    if not 1 <= nchunk <= MAX_CHUNKS or _cdiv(HW, chunk) != nchunk:
+        raise ValueError(f"{nchunk} chunks of {chunk} pixels for {HW} pixels "
+                         f"(at most {MAX_CHUNKS} chunks)")
+    stats = torch.empty(B, 2, C, dtype=torch.float32, device=part.device)
+    # All chunks of a channel in one finalize tile; as many channels per program as fit.
+    block_k = next_pow2(nchunk)
+    fin_c = max(2, min(next_pow2(C), FINALIZE_TILE // block_k))
+    _finalize_kernel[(B, _cdiv(C, fin_c))](part, stats, C, HW, chunk, nchunk, eps,
+                                           BLOCK_C=fin_c, BLOCK_K=block_k, num_warps=4)
+    return stats
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:

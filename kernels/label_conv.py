@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..labels import encode_labels
-from ._backend import jit, next_pow2, tl, use_triton
+from ._backend import check_index_range, index64, jit, next_pow2, tl, use_triton
 
 TAPS = 49  # 7 x 7
 
@@ -158,11 +158,13 @@ def _label_conv_kernel(code_ptr, table_ptr, bias_ptr, add_ptr, out_ptr,
                 acc += tl.load(tap + code.to(tl.int32)[:, None] * BLOCK_O
                                + co[None, :]).to(tl.float32)
     omask = pmask[:, None] & (co < O)[None, :]
+    # Addresses of the activations in int64 (O x OH x OW may pass 2^31); indices stay int32.
     if HAS_ADD:
-        acc += tl.load(add_ptr + b[:, None] * sab + co[None, :] * sac + y[:, None] * sah
-                       + x[:, None] * saw, mask=omask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + b[:, None] * sob + co[None, :] * soc + y[:, None] * soh + x[:, None] * sow,
-             acc.to(out_ptr.dtype.element_ty), mask=omask)
+        acc += tl.load(add_ptr + b[:, None] * sab + index64(co, sac)[None, :]
+                       + index64(y, sah)[:, None] + index64(x, saw)[:, None],
+                       mask=omask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + b[:, None] * sob + index64(co, soc)[None, :] + index64(y, soh)[:, None]
+             + index64(x, sow)[:, None], acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 def label_conv_triton(code: torch.Tensor, table: torch.Tensor, bias: torch.Tensor,
@@ -184,6 +186,8 @@ def label_conv_triton(code: torch.Tensor, table: torch.Tensor, bias: torch.Tenso
     a = add if add is not None else out
     if add is not None and tuple(add.shape) != tuple(out.shape):
         raise ValueError(f"add has shape {tuple(add.shape)}, expected {tuple(out.shape)}")
+    # Pixel indices (of the batch, flattened) and code offsets are int32.
+    check_index_range("label_conv: pixels per launch", B * H * W)
     n = B * OH * OW
     block_p = 128 if block_o <= 32 else 64
     if code.device.type == "cpu":
@@ -205,13 +209,15 @@ def label_conv_triton(code: torch.Tensor, table: torch.Tensor, bias: torch.Tenso
 def _encode_codes_kernel(code_ptr, out_ptr, H, W, OH, OW, scb, sch, scw, sob, soc, soh, sow,
                          C, N, NLAB: tl.constexpr, HAS_EDGE: tl.constexpr, POOL: tl.constexpr,
                          WIN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    # One program: BLOCK_P pixels x one block of BLOCK_C channels (axis 1). The channel count is
+    # padded to a multiple of BLOCK_C; channels from C on are masked at the store.
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = pix < N
     b = (pix // (OH * OW)).to(tl.int64)
     rem = pix % (OH * OW)
     y = rem // OW
     x = rem % OW
-    ch = tl.arange(0, BLOCK_C)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for a in tl.static_range(WIN):      # WIN = 3 (the pooling window) or 1
         for c in tl.static_range(WIN):
@@ -234,29 +240,45 @@ def _encode_codes_kernel(code_ptr, out_ptr, H, W, OH, OW, scb, sch, scw, sob, so
         rows = tl.minimum(2 * y + 1, H - 1) - tl.maximum(2 * y - 1, 0) + 1
         cols = tl.minimum(2 * x + 1, W - 1) - tl.maximum(2 * x - 1, 0) + 1
         acc = acc / tl.maximum(rows * cols, 1).to(tl.float32)[:, None]
-    tl.store(out_ptr + b[:, None] * sob + ch[None, :] * soc + y[:, None] * soh + x[:, None] * sow,
-             acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & (ch < C)[None, :])
+    tl.store(out_ptr + b[:, None] * sob + index64(ch, soc)[None, :] + index64(y, soh)[:, None]
+             + index64(x, sow)[:, None], acc.to(out_ptr.dtype.element_ty),
+             mask=pmask[:, None] & (ch < C)[None, :])
+
+
+ENCODE_BLOCK_C = 16   # channels per program of the encode pass (see encode_codes)
 
 
 def encode_codes(code: torch.Tensor, label_nc: int, has_edge: bool, channels: int,
                  pool: bool = False, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False) -> torch.Tensor:
+                 channels_last: bool = False, tile_p: int | None = None,
+                 tile_c: int | None = None) -> torch.Tensor:
     """codes -> the dense one-hot (+ edge) input, average-pooled 2x when `pool`, with zero
     channels up to `channels` (a multiple of 8 keeps cuDNN's tensor-core convolutions fed). One
-    pass: the full-resolution one-hot of the pooled case is never written."""
+    pass: the full-resolution one-hot of the pooled case is never written. tile_p, tile_c
+    (powers of two >= 16) override the pixels and channels per program (tests)."""
     B, _, H, W = code.shape
     OH, OW = (pooled_size(H), pooled_size(W)) if pool else (H, W)
     if channels < label_nc + int(has_edge):
         raise ValueError(f"channels={channels} is fewer than the encoding's "
                          f"{label_nc + int(has_edge)}")
+    check_index_range("encode_codes: pixels per launch", B * H * W)  # int32 pixel indices
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(B, channels, OH, OW, dtype=dtype, device=code.device, memory_format=fmt)
     n = B * OH * OW
-    block_c = max(16, next_pow2(channels))
-    block_p = max(16, 4096 // block_c)
+    # 16 channels per program, the channel count padded up to a multiple of 16 (40 -> 48, the
+    # last 8 masked): one program on all of next_pow2(40) = 64 channels of the pooled pass
+    # needed 255 registers and spilled 2.5 KB per thread on sm_90 (tests/sm90_ptxas.py).
+    block_c = ENCODE_BLOCK_C
+    # Each thread holds BLOCK_P / 8 pixels' codes for all 9 window taps: 32 pooled pixels per
+    # program need 69 registers, 128 need 252 (sm_90, fp16 out).
+    block_p = 32 if pool else 64
     if code.device.type == "cpu":
-        block_p = min(8192, max(block_p, next_pow2(n)))
-    _encode_codes_kernel[(_cdiv(n, block_p),)](
+        # The interpreter pays per operation: one program on every channel and pixel.
+        block_c = max(16, next_pow2(channels))
+        block_p = min(8192, max(16, next_pow2(n)))
+    block_c = tile_c or block_c
+    block_p = tile_p or block_p
+    _encode_codes_kernel[(_cdiv(n, block_p), _cdiv(channels, block_c))](
         code, out, H, W, OH, OW, code.stride(0), code.stride(2), code.stride(3),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), channels, n,
         NLAB=label_nc, HAS_EDGE=has_edge, POOL=pool, WIN=3 if pool else 1, BLOCK_C=block_c,
@@ -293,24 +315,42 @@ class LabelConv:
             self.dense_weight = F.pad(w[:, :n_onehot], (0, 0, 0, 0, 0, self.channels - n_onehot))
             self.bias = None if bias is None else bias.detach()
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> "LabelConv":
+    def to(self, device: torch.device, dtype: torch.dtype,
+           channels_last: bool = False) -> "LabelConv":
         """The lookup table keeps its dtype and the lookup bias stays fp32 (summed in fp32);
-        the convolution weights take dtype."""
+        the convolution weights take dtype, and the channels_last format when asked."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         if self.lookup:
             self.table = self.table.to(device)
             self.bias = self.bias.to(device)
         else:
-            self.dense_weight = self.dense_weight.to(device, dtype)
+            self.dense_weight = self.dense_weight.to(device, dtype).contiguous(memory_format=fmt)
             self.bias = None if self.bias is None else self.bias.to(device, dtype)
         if self.feat_weight is not None:
-            self.feat_weight = self.feat_weight.to(device, dtype)
+            self.feat_weight = self.feat_weight.to(device, dtype).contiguous(memory_format=fmt)
         return self
 
-    def feature_part(self, feat: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              channels_last: bool) -> torch.Tensor:
+        # ReflectionPad2d(3) + Conv2d(7). The reflection pad may return NCHW from a
+        # channels_last input, and a convolution with one NCHW operand runs NCHW: both
+        # operands are made channels_last (no copy when they already are).
+        x = F.pad(x, (3, 3, 3, 3), mode="reflect")
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias)
+
+    def feature_part(self, feat: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         x = feat.to(self.feat_weight.dtype)
         if self.pool:
             x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
-        return F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), self.feat_weight)
+        return self._conv(x, self.feat_weight, None, channels_last)
+
+    def dense_conv(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """The convolution of the dense path, on encode_codes' output."""
+        return self._conv(x, self.dense_weight, self.bias, channels_last)
 
     def __call__(self, label: torch.Tensor, edge: torch.Tensor | None,
                  feat: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
@@ -326,13 +366,13 @@ class LabelConv:
         """With the codes computed once and shared by several first layers."""
         if (self.feat_weight is None) != (feat is None):
             raise ValueError("feature channels: pass feat exactly when the weight has them")
-        add = self.feature_part(feat) if feat is not None else None
+        add = self.feature_part(feat, channels_last) if feat is not None else None
         if self.lookup:
             return label_conv_triton(code, self.table, self.bias, self.out_channels, self.pool,
                                      add, out_dtype, channels_last)
         x = encode_codes(code, self.label_nc, self.use_instance, self.channels, self.pool,
                          self.dense_weight.dtype, channels_last)
-        out = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), self.dense_weight, self.bias)
+        out = self.dense_conv(x, channels_last)
         out = out if add is None else out + add
         return out.to(out_dtype)
 

@@ -156,7 +156,7 @@ class FastGenerator(nn.Module):
                        None if conv.bias is None else conv.bias.detach().to(torch.float32),
                        self.cfg.label_nc, self.cfg.use_instance, pool=level == 1, lookup=lookup,
                        table_dtype=table_dtype)
-        return lc.to(self.device, self.dtype)
+        return lc.to(self.device, self.dtype, self.channels_last)
 
     # --- layers ---------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class FastGenerator(nn.Module):
             if not self.use_custom_ops:
                 return lc.from_codes(code, feat, self.dtype, self.channels_last)
             # The same two paths as LabelConv.from_codes, through the custom ops (compile).
-            add = lc.feature_part(feat) if feat is not None else None
+            add = lc.feature_part(feat, self.channels_last) if feat is not None else None
             if lc.lookup:
                 return torch.ops.p2phd_infer.label_conv(
                     code, lc.table, lc.bias, lc.out_channels, lc.pool, add, self.dtype,
@@ -188,7 +188,7 @@ class FastGenerator(nn.Module):
             x = torch.ops.p2phd_infer.encode_codes(code, lc.label_nc, lc.use_instance,
                                                    lc.channels, lc.pool, self.dtype,
                                                    self.channels_last)
-            out = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), lc.dense_weight, lc.bias)
+            out = lc.dense_conv(x, self.channels_last)
             return out if add is None else out + add
         # Reference: the Synthesizer's own encoding and pyramid, then pad + conv.
         x = encode_labels(label, inst, self.cfg.label_nc, self.cfg.use_instance, feat,
