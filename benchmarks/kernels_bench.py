@@ -25,7 +25,7 @@ import torch
 
 from p2phd_infer.files import write_atomic
 from p2phd_infer.kernels import (feature_scatter, feature_scatter_reference, instance_mean,
-                                 instance_mean_reference, label_encode, label_encode_reference)
+                                 instance_mean_reference)
 from p2phd_infer.labels import label_from_instance
 
 LABEL_NC = 35
@@ -149,13 +149,6 @@ def run(height: int = 1024, width: int = 2048, batch: int = 1, instances: int = 
         if dtype == torch.float32:
             row(name, "official per-instance loop",
                 time_ms(lambda: official_loop(feat, inst), dev, 1, official_reps))
-
-    name = f"label_encode {LABEL_NC}+1 ch fp16"
-    floor(name, 2 * N * 4 + (LABEL_NC + 1) * N * 2)
-    triton_rows(name, lambda: label_encode(label, inst, LABEL_NC, True, torch.float16))
-    row(name, "torch reference", time_ms(
-        lambda: label_encode_reference(label, inst, LABEL_NC, True, torch.float16), dev, 2,
-        max(3, reps // 5)))
 
     # Each sample's ids; rows of different lengths are padded by repeating their first id (the
     # first listing wins, so the padding changes nothing).

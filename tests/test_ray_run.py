@@ -163,3 +163,21 @@ def test_stray_temporaries_of_dead_attempts_are_removed(tmp_path):
     (out / "a.png").write_bytes(b"done")
     assert remove_temps_of([str(out / "a.png"), str(out / "b.png")]) == 1
     assert sorted(os.listdir(out)) == sorted([".a.png.notes", other.name, "a.png"])
+
+
+def test_a_missing_instance_map_is_named_not_read_as_nan(cluster, data, tmp_path, monkeypatch):
+    """A label map without an instance map reaches the worker as "no instance map" (Ray Data
+    columns once turned None into the float NaN, and a file named `nan` was read)."""
+    root, local = data
+    labels = tmp_path / "test_label"
+    labels.mkdir()
+    (labels / "m00.png").write_bytes((root / "test_label" / "m00.png").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nan").write_bytes((root / "test_inst" / "m00.png").read_bytes())
+    code, out = run_cli(["run", labels, "--engine", root / "model.pt", "--out", tmp_path / "o",
+                         "--ray", "--num-workers", 1])
+    assert code == 1, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: {labels / 'm00.png'}: no instance map found (the model needs one): "
+                      f"give --instances DIR, or use Cityscapes names or a *_inst/ sibling folder"]
+    assert not (tmp_path / "o" / "m00.png").exists()

@@ -20,6 +20,7 @@ from p2phd_infer.image_io import write_image
 from p2phd_infer.styles import StyleControl
 from p2phd_infer.synthesizer import Synthesizer
 from p2phd_infer.synthesizer import psnr as image_psnr
+from p2phd_infer.synthesizer import to_uint8
 
 from .datasets import PairedDataset
 from .scenes import CAR
@@ -82,8 +83,8 @@ def car_cluster_colours(ckpt, synth, label, inst) -> dict:
                                                                                          inst)
             out = torch.cat([synth(label[i:i + 1], inst[i:i + 1], feat[i:i + 1])
                              for i in range(label.shape[0])])
-            rgb = torch.round((out + 1) * 127.5).clamp(0, 255)
-            means.append(rgb.permute(1, 0, 2, 3)[:, car[:, 0]].mean(1).numpy())
+            rgb = to_uint8(out).permute(3, 0, 1, 2).float()          # [3,B,H,W]
+            means.append(rgb[:, car[:, 0]].mean(1).numpy())
     dists = [(float(np.linalg.norm(means[a] - means[b])), a, b)
              for a in range(k) for b in range(a + 1, k)]
     d01 = float(np.linalg.norm(means[0] - means[1]))

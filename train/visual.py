@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from p2phd_infer.labels import CITYSCAPES_LABELS
+from p2phd_infer.synthesizer import to_uint8
 
 
 def palette(n: int = 256) -> np.ndarray:
@@ -26,9 +27,8 @@ def colorize(label: np.ndarray) -> np.ndarray:
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:
-    """float [3,H,W] in [-1,1] -> uint8 [H,W,3], rounded as the inference path does."""
-    x = torch.round((image.detach().float().cpu() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
-    return x.permute(1, 2, 0).numpy()
+    """float [3,H,W] in [-1,1] -> uint8 [H,W,3], the inference path's conversion."""
+    return to_uint8(image.detach().cpu()[None])[0].numpy()
 
 
 def sample_grid(label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, rows: int = 4
