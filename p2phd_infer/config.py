@@ -13,7 +13,7 @@ MAX_DOWNSAMPLE = 8            # halvings of G1 (and G1 + enhancers together), or
 MAX_BLOCKS = 64
 MAX_ENHANCERS = 4
 BOUNDS = {                    # field: (min, max)
-    "label_nc": (1, MAX_LABEL_NC), "feat_num": (0, MAX_FEAT_NUM), "ngf": (1, MAX_FILTERS),
+    "label_nc": (0, MAX_LABEL_NC), "feat_num": (0, MAX_FEAT_NUM), "ngf": (1, MAX_FILTERS),
     "n_downsample_global": (0, MAX_DOWNSAMPLE), "n_blocks_global": (0, MAX_BLOCKS),
     "n_local_enhancers": (0, MAX_ENHANCERS), "n_blocks_local": (0, MAX_BLOCKS),
     "nef": (1, MAX_FILTERS), "n_downsample_E": (0, MAX_DOWNSAMPLE), "output_nc": (1, 4),
@@ -22,7 +22,7 @@ BOUNDS = {                    # field: (min, max)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    label_nc: int = 35
+    label_nc: int = 35                 # 0: the input is an RGB image, not label ids (official)
     use_instance: bool = True          # instance edge map as one input channel
     feat_num: int = 0                  # encoder feature channels fed to G (0: no features)
     netG: str = "local"                # "global" (G1 alone) or "local" (G1 + local enhancers)
@@ -57,9 +57,16 @@ class ModelConfig:
                              f"halvings in all")
 
     @property
+    def label_channels(self) -> int:
+        """Channels the label takes in G's input: its one-hot, or the 3 of an RGB input image
+        (label_nc 0, the official RGB-input mode)."""
+        return self.label_nc if self.label_nc > 0 else 3
+
+    @property
     def input_nc(self) -> int:
-        """Generator input channels: one-hot, then the edge map, then features (official order)."""
-        return self.label_nc + int(self.use_instance) + self.feat_num
+        """Generator input channels: one-hot (or the RGB input), then the edge map, then features
+        (official order)."""
+        return self.label_channels + int(self.use_instance) + self.feat_num
 
     @property
     def enhancers(self) -> int:

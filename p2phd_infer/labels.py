@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import OptionError
+from .errors import InputError, OptionError
 
 # Cityscapes label ids, names and colours (the official table of cityscapesscripts' labels.py).
 CITYSCAPES_LABELS: dict[int, tuple[str, tuple[int, int, int]]] = {
@@ -59,8 +59,16 @@ def one_hot(label: torch.Tensor, label_nc: int, dtype: torch.dtype = torch.float
 def encode_labels(label: torch.Tensor, inst: torch.Tensor | None, label_nc: int,
                   use_instance: bool, feat: torch.Tensor | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The generator input: one-hot(label_nc), then the edge map, then features (official order)."""
-    parts = [one_hot(label, label_nc, dtype)]
+    """The generator input: one-hot(label_nc), then the edge map, then features (official order).
+    label_nc 0 (the official RGB-input mode): `label` is the input image itself, float
+    [B,3,H,W] in [-1,1], taken as it is in place of the one-hot."""
+    if label_nc == 0:
+        if not label.is_floating_point() or label.dim() != 4 or label.shape[1] != 3:
+            raise InputError(f"a label_nc 0 model takes an RGB input image, float [B,3,H,W] in "
+                             f"[-1,1], not a {label.dtype} tensor of shape {tuple(label.shape)}")
+        parts = [label.to(dtype)]
+    else:
+        parts = [one_hot(label, label_nc, dtype)]
     if use_instance:
         if inst is None:
             raise OptionError("this model needs an instance map")

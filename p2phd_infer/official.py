@@ -51,11 +51,13 @@ def infer_generator_config(state: dict[str, torch.Tensor], label_nc: int, use_in
     if enhancers:
         n_blocks_local = len([i for i in _indices(state, f"model{enhancers}_2.")
                               if f"model{enhancers}_2.{i}.conv_block.1.weight" in state])
-    extra_nc = int(input_nc) - label_nc - int(use_instance)
+    label_channels = label_nc if label_nc > 0 else 3       # label_nc 0: an RGB input image
+    extra_nc = int(input_nc) - label_channels - int(use_instance)
     if extra_nc < 0:
         raise CheckpointError(
             f"{path}: model.1.weight takes {input_nc} input channels, fewer than label_nc "
-            f"{label_nc} + instance edge {int(use_instance)}; check --label-nc / --no-instance")
+            f"{label_nc}{' (3 RGB channels)' if label_nc == 0 else ''} + instance edge "
+            f"{int(use_instance)}; check --label-nc / --no-instance")
     try:
         return ModelConfig(
             label_nc=label_nc, use_instance=use_instance, feat_num=extra_nc,
@@ -75,6 +77,28 @@ def infer_encoder_shape(state: dict[str, torch.Tensor], path: str = "encoder") -
     nef = int(state[f"model.{convs[0]}.weight"].shape[0])
     feat_num = int(state[f"model.{convs[-1]}.weight"].shape[0])
     return nef, (len(convs) - 2) // 2, feat_num
+
+
+def infer_discriminator_shape(state: dict[str, torch.Tensor], path: str = "discriminator"
+                              ) -> dict:
+    """An official latest_net_D.pth's architecture from its keys and shapes ->
+    {num_D, n_layers, ndf, input_nc, intermediate}. Keys `scale{i}_layer{j}.{m}.weight` (trained
+    with the feature-matching loss: every group its own module) or `layer{i}.{m}.weight` (one
+    flat Sequential per scale); a conv weight is (out, in, 4, 4)."""
+    interm = re.compile(r"scale(\d+)_layer(\d+)\.0\.weight$")
+    flat = re.compile(r"layer(\d+)\.(\d+)\.weight$")
+    convs: dict[int, dict[int, torch.Tensor]] = {}
+    intermediate = any(interm.match(k) for k in state)
+    for k, v in state.items():
+        m = (interm if intermediate else flat).match(k)
+        if m and isinstance(v, torch.Tensor) and v.dim() == 4:
+            convs.setdefault(int(m[1]), {})[int(m[2])] = v
+    if not convs or 0 not in convs:
+        raise CheckpointError(path, "no `scale0_layer0.0.weight` or `layer0.0.weight` conv: not "
+                                    "a pix2pixHD discriminator")
+    first = convs[0][min(convs[0])]
+    return {"num_D": len(convs), "n_layers": len(convs[0]) - 2, "ndf": int(first.shape[0]),
+            "input_nc": int(first.shape[1]), "intermediate": intermediate}
 
 
 # The official features_clustered_010.npy is np.save of a pickled dict {label: float64 [k, F]}.

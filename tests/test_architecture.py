@@ -13,7 +13,7 @@ FOLDERS = {"p2phd_infer": "p2phd_infer", "train": "p2phd_infer.train",
 # labels.py (one-hot and edge encoding) defines what the label kernels compute, and errors.py
 # imports nothing: both sit with the kernels, at the bottom.
 BOTTOM = ["labels", "errors"]
-MODEL = ["config", "networks", "checkpoint", "official", "instance_features",
+MODEL = ["config", "networks", "checkpoint", "official", "instance_features", "label_names",
          "synthesizer", "styles", "ids", "image_io", "files", "locations"]
 RUNTIME = ["runtime", "plan", "api", "local_run", "ray_run", "serve", "video"]
 

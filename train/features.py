@@ -130,6 +130,10 @@ def training_load_options(ckpt, resize_or_crop: str | None, load_size: int | Non
         resize_or_crop = info.get("resize_or_crop", TrainOptions.resize_or_crop)
     if load_size is None:
         load_size = int(info.get("load_size", TrainOptions.load_size))
+    # Trained on random crops: the dictionary takes whole photos at the crops' scale (a crop
+    # would cut instances and change their area ratios at random).
+    resize_or_crop = {"scale_width_and_crop": "scale_width", "crop": "none"}.get(
+        resize_or_crop, resize_or_crop)
     return resize_or_crop, load_size
 
 
@@ -149,9 +153,10 @@ def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
     dev = resolve_device(device)
     encoder = encoder.to(dev).eval()
     multiple = max(cfg.stride, encoder_multiple(cfg))
+    # label_nc 0 models train on RGB inputs: the photos are then in <phase>_B/ (train/datasets.py).
     dataset = PairedDataset(data, mode=mode, phase=phase, need_inst=True,
                             resize_or_crop=resize_or_crop, load_size=load_size, multiple=multiple,
-                            flip=False)
+                            flip=False, label_nc=0 if cfg.label_nc == 0 else None)
     dataset.check_files(cfg.encoder_min_size, workers=max(1, workers))  # every fault, up front
     per_label, seen, kept = collect_features(encoder, cfg, dataset, dev, workers)
     return cluster_features(per_label, clusters), seen, kept

@@ -18,13 +18,24 @@ VGG_SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
 VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
 
-def gan_loss(preds: list[list[torch.Tensor]], target_is_real: bool) -> torch.Tensor:
-    """LSGAN: mean squared distance of each scale's last output to 1 (real) or 0 (fake), summed
-    over scales."""
+def gan_loss(preds: list[list[torch.Tensor]], target_is_real: bool, lsgan: bool = True
+             ) -> torch.Tensor:
+    """Summed over scales, on each scale's last output, the mean over its elements of:
+    LSGAN (the default): the squared distance to 1 (real) or 0 (fake);
+    vanilla GAN (`--no-lsgan`): binary cross-entropy of sigmoid(score) against 1 or 0.
+
+    The official code puts a Sigmoid at the end of D and uses BCELoss; BCE with logits on the raw
+    score is the same function (BCE(sigmoid(s), t) = softplus(s) - t*s), computed without
+    rounding sigmoid(s) to 0 or 1 first, so large scores give finite losses and gradients
+    (BCELoss clamps log(0) to -100 instead). The scores D returns are raw in both modes. (With
+    its feature-matching loss on, the official MultiscaleDiscriminator does not copy that Sigmoid
+    into its scales, so its BCELoss is fed raw scores; here the sigmoid is always applied, once.)"""
     loss = 0.0
     for scale in preds:
         p = scale[-1].float()
-        loss = loss + F.mse_loss(p, torch.full_like(p, 1.0 if target_is_real else 0.0))
+        target = torch.full_like(p, 1.0 if target_is_real else 0.0)
+        loss = loss + (F.mse_loss(p, target) if lsgan else
+                       F.binary_cross_entropy_with_logits(p, target))
     return loss
 
 

@@ -11,6 +11,13 @@ Stage local:  G1 loaded from a global model.pt; the local enhancer trains alone 
 Per step, the reference's numerics: LSGAN + feature matching + VGG for G, 0.5*(fake+real) LSGAN
 for D, both computed with the same D (before its update), then G and D step. Adam(lr, 0.5, 0.999),
 lr constant for niter epochs then linear to 0 over niter_decay (per step, not per epoch).
+The official switches: --no-ganFeat-loss (no feature matching; D then returns only its scores,
+and its keys are the official flat ones), --no-lsgan (vanilla GAN, train/losses.py gan_loss),
+--pool-size N (D's fake pass through the image pool, train/pool.py).
+
+Networks built from scratch (G, E, D) get the official initialisation (init_weights: conv weights
+~ N(0, 0.02)); loaded weights (G1 and E of --load-global, D of --load-d, a resumed state) replace
+it. --load-d takes an official latest_net_D.pth (or this project's D keys, which are the same).
 
 Outputs in <checkpoints_dir>/<name>/: model.pt (the project checkpoint, loadable by
 p2phd_infer.checkpoint.load_checkpoint), trainer_state.pt (everything --resume needs), loss_log.csv,
@@ -38,11 +45,13 @@ from p2phd_infer.files import check_writable, remove_stale_temps, write_atomic
 from p2phd_infer.config import BOUNDS, MAX_ENHANCERS, MAX_FEAT_NUM, MAX_FILTERS, ModelConfig
 from p2phd_infer.image_io import write_image
 from p2phd_infer.instance_features import encoder_features
+from p2phd_infer.label_names import read_label_names
 from p2phd_infer.labels import CITYSCAPES_NAMES, encode_labels
 from p2phd_infer.networks import build_encoder, build_generator
 
-from .datasets import PairedDataset
-from .discriminator import MultiscaleDiscriminator
+from .datasets import RESIZE_MODES, PairedDataset
+from .discriminator import MultiscaleDiscriminator, fit_discriminator, load_discriminator
+from .pool import ImagePool
 from . import losses as loss_module
 from .losses import VGG19Features, VGGLoss, feature_matching_loss, gan_loss
 from .visual import sample_grid
@@ -85,13 +94,19 @@ class TrainOptions:
     lr: float = 2e-4
     beta1: float = 0.5
     batch_size: int = 1
+    load_d: str | None = None              # an official latest_net_D.pth to start D from
+    label_names: str | None = None         # id -> name (colour) file; default Cityscapes names
     # Data.
-    resize_or_crop: str = "scale_width"    # none | scale_width
+    resize_or_crop: str = "scale_width"    # none | scale_width | scale_width_and_crop | crop
     load_size: int = 1024
+    fine_size: int = 512                   # crop modes: the square crop's side
     no_flip: bool = False
     num_workers: int = 2
     # Losses.
     lambda_feat: float = 10.0
+    no_ganfeat_loss: bool = False          # the official --no_ganFeat_loss
+    no_lsgan: bool = False                 # vanilla GAN (BCE) instead of least squares
+    pool_size: int = 0                     # image pool of earlier fakes shown to D (0: off)
     no_vgg: bool = False
     vgg_weights: str | None = None
     # Run.
@@ -147,12 +162,12 @@ INT_BOUNDS = {
     "num_d": (1, 8), "niter": (0, 10**6), "niter_decay": (0, 10**6),
     "niter_fix_global": (0, 10**6), "batch_size": (1, 4096), "load_size": (1, 65536),
     "num_workers": (0, 256), "max_steps": (1, 10**12), "save_every": (1, 10**12),
-    "seed": (0, 2**63 - 1),
+    "seed": (0, 2**63 - 1), "fine_size": (1, 65536), "pool_size": (0, 4096),
 }
 OPTIONAL = {"label_nc", "feat_num", "ngf", "n_downsample_global", "n_blocks_global", "nef",
             "n_downsample_E", "max_steps"}
 CHOICES = {"stage": ("global", "local"), "dataset_mode": ("pix2pixhd", "cityscapes"),
-           "resize_or_crop": ("none", "scale_width"),
+           "resize_or_crop": RESIZE_MODES,
            "precision": ("auto", "fp32", "bf16", "fp16")}
 
 
@@ -208,6 +223,21 @@ def resolve_config(opts: TrainOptions) -> tuple[ModelConfig, Checkpoint | None]:
     return cfg, g
 
 
+def run_label_names(opts: TrainOptions, cfg: ModelConfig, state: dict | None,
+                    g1_ckpt: Checkpoint | None) -> tuple[dict[int, str] | None,
+                                                         dict[int, list[int]] | None]:
+    """The label names (and colours) model.pt gets: a resumed run's saved ones, else
+    --label-names FILE (checked against label_nc), else the loaded G1's (stage local), else the
+    Cityscapes names for label_nc 35."""
+    if state is not None and "label_names" in state:
+        return state["label_names"], state.get("label_colors")
+    if opts.label_names:
+        return read_label_names(opts.label_names, cfg.label_nc)
+    if g1_ckpt is not None:
+        return g1_ckpt.label_names, g1_ckpt.extra.get("label_colors")
+    return (dict(CITYSCAPES_NAMES) if cfg.label_nc == 35 else None), None
+
+
 def load_g1(G: nn.Module, g1_state: dict[str, torch.Tensor], path: str) -> None:
     """Copy a global generator's weights into the local model's G1 (`model.*`); G1's output layers
     (pad, conv7, tanh) do not exist in the local model and are left out."""
@@ -226,6 +256,23 @@ def lr_at(opts: TrainOptions, step: int, steps_per_epoch: int) -> float:
     if epoch < opts.niter or opts.niter_decay <= 0:
         return opts.lr
     return opts.lr * max(0.0, 1.0 - (epoch - opts.niter) / opts.niter_decay)
+
+
+def init_weights(net: nn.Module) -> nn.Module:
+    """The official initialisation (its weights_init, applied to G, E and D when they are made):
+    every convolution's weight (Conv and ConvTranspose) ~ N(0, 0.02), BatchNorm2d weights
+    ~ N(1, 0.02) and biases 0 (this project's networks have no BatchNorm: InstanceNorm without
+    affine). Conv biases keep PyTorch's default init, as in the official code. Draws from
+    torch's global generator (the trainer seeds it)."""
+    with torch.no_grad():
+        for m in net.modules():
+            name = type(m).__name__
+            if "Conv" in name and isinstance(getattr(m, "weight", None), torch.Tensor):
+                m.weight.normal_(0.0, 0.02)
+            elif "BatchNorm2d" in name and getattr(m, "weight", None) is not None:
+                m.weight.normal_(1.0, 0.02)
+                m.bias.zero_()
+    return net
 
 
 def enhancer_parameters(G: nn.Module) -> list[nn.Parameter]:
@@ -280,6 +327,14 @@ def read_state(path: Path) -> dict:
             raise CheckpointError(path, f"`{key}` is a {type(state[key]).__name__}")
     if state["phase"] not in ("fix", "all") or state["step"] < 0:
         raise CheckpointError(path, f"bad phase {state['phase']!r} or step {state['step']}")
+    for key, ok in (("label_names", lambda v: isinstance(v, str)),
+                    ("label_colors", lambda v: isinstance(v, list) and len(v) == 3 and
+                     all(isinstance(c, int) and 0 <= c <= 255 for c in v))):
+        table = state.get(key)
+        if table is not None and not (isinstance(table, dict) and all(
+                isinstance(k, int) and not isinstance(k, bool) and ok(v)
+                for k, v in table.items())):
+            raise CheckpointError(path, f"`{key}` is not a table of label ids")
     return state
 
 
@@ -418,13 +473,26 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
     check_size_of(cfg)
     if not opts.no_vgg:
         loss_module.find_vgg_weights(opts.vgg_weights)   # missing: fail before the data check
+    label_names, label_colors = run_label_names(opts, cfg, state, g1_ckpt)
+    d_input_nc = cfg.label_channels + int(cfg.use_instance) + cfg.output_nc  # no features into D
+
+    def make_D() -> MultiscaleDiscriminator:
+        return MultiscaleDiscriminator(d_input_nc, opts.ndf, opts.n_layers_d, opts.num_d,
+                                       intermediate=not opts.no_ganfeat_loss)
+
+    d_state = None
+    if opts.load_d and state is None:       # checked on the meta device before the data check
+        from p2phd_infer.official import read_state_dict
+        d_state = read_state_dict(opts.load_d)
+        with torch.device("meta"):
+            fit_discriminator(make_D(), d_state, opts.load_d)
 
     # Data, every file decoded and checked before step 1. H and W must divide G's stride, and
     # E's stride at E's resolution.
     multiple = max(cfg.stride, 2 ** cfg.n_downsample_E * 2 ** enhancers if cfg.feat_num else 1)
     dataset = PairedDataset(opts.dataroot, opts.dataset_mode, opts.phase, cfg.needs_instance_map,
                             opts.resize_or_crop, opts.load_size, multiple, not opts.no_flip,
-                            opts.seed, cfg.label_nc)
+                            opts.seed, cfg.label_nc, opts.fine_size)
     dataset.check_files(max(cfg.min_size, cfg.encoder_min_size if cfg.feat_num else 1),
                         workers=max(1, opts.num_workers),
                         progress=main_process and opts.progress)
@@ -438,14 +506,20 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
 
     # Networks. Same seed on every rank, and DDP broadcasts rank 0's weights anyway.
     torch.manual_seed(opts.seed)
-    G = build_generator(cfg).to(device)
-    E = build_encoder(cfg).to(device) if cfg.feat_num > 0 else None
-    d_input_nc = cfg.label_nc + int(cfg.use_instance) + cfg.output_nc   # no features into D
-    D = MultiscaleDiscriminator(d_input_nc, opts.ndf, opts.n_layers_d, opts.num_d).to(device)
+    G = init_weights(build_generator(cfg)).to(device)
+    E = init_weights(build_encoder(cfg)).to(device) if cfg.feat_num > 0 else None
+    D = init_weights(make_D()).to(device)
     if g1_ckpt is not None and state is None:
         load_g1(G, g1_ckpt.generator, opts.load_global)
         if E is not None:
             E.load_state_dict(g1_ckpt.encoder)
+    if d_state is not None:
+        load_discriminator(D, d_state, opts.load_d)
+    lsgan = not opts.no_lsgan
+    pool = ImagePool(opts.pool_size, opts.seed, rank) if opts.pool_size > 0 else None
+    if pool is not None and state is not None and main_process:
+        print(f"warning: --resume starts the --pool-size {opts.pool_size} image pool empty "
+              "(it is not saved)", file=sys.stderr, flush=True)
     vgg_loss = None
     if not opts.no_vgg:
         vgg_loss = VGGLoss(VGG19Features(opts.vgg_weights),
@@ -520,11 +594,16 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
         # How the photos were loaded: the feature dictionary must load them the same way.
         info = {"stage": opts.stage, "step": step, "epoch": step / steps_per_epoch,
                 "train_seconds": round(train_seconds, 1), "resize_or_crop": opts.resize_or_crop,
-                "load_size": opts.load_size, "dataset_mode": opts.dataset_mode}
+                "load_size": opts.load_size, "fine_size": opts.fine_size,
+                "dataset_mode": opts.dataset_mode}
+        extra = {"train_info": info}
+        if label_colors:
+            extra["label_colors"] = label_colors
         save_checkpoint(Checkpoint(
             cfg, G.state_dict(), E.state_dict() if E is not None else None, None,
-            CITYSCAPES_NAMES if cfg.label_nc == 35 else None, {"train_info": info}), model_path)
+            label_names, extra), model_path)
         save_torch_atomic({
+            "label_names": label_names, "label_colors": label_colors,
             "options": dataclasses.asdict(opts), "config": cfg.to_dict(), "step": step,
             "phase": phase, "train_seconds": train_seconds,
             "G": G.state_dict(), "D": D.state_dict(), "E": E.state_dict() if E is not None else None,
@@ -535,7 +614,8 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
         }, run_dir / STATE_FILE)
         if last_batch is not None:
             label, fake, real = last_batch
-            write_image(run_dir / "samples" / f"step_{step:07d}.png", sample_grid(label, fake, real))
+            write_image(run_dir / "samples" / f"step_{step:07d}.png",
+                        sample_grid(label, fake, real, colors=label_colors))
         return model_path
 
     def train_step(label, inst, real) -> tuple[dict[str, float], torch.Tensor]:
@@ -548,12 +628,18 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
                     feat = encode_features(E_run, real, inst, enhancers)
                 g_in = torch.cat([x, feat.to(x.dtype)], 1)
             fake = G_run(g_in)
+            # D's fake pass: this batch's fakes, or with --pool-size some earlier ones (with
+            # the labels they were made from).
+            x_fake, fake_d = x, fake.detach()
+            if pool is not None:
+                label_p, inst_p, fake_d = pool.query((label, inst, fake_d), step)
+                x_fake = encode_labels(label_p, inst_p, cfg.label_nc, cfg.use_instance)
             # D on fake and real in one batch (InstanceNorm is per sample, so batching them
             # changes nothing); its gradients are applied after G has used the same D.
-            preds = D_run(torch.cat([torch.cat([x, fake.detach().to(x.dtype)], 1),
-                                     torch.cat([x, real], 1)], 0))
-            loss_D_fake = gan_loss([[t[:B] for t in s] for s in preds], False)
-            loss_D_real = gan_loss([[t[B:] for t in s] for s in preds], True)
+            preds = D_run(torch.cat([torch.cat([x_fake, fake_d.to(x.dtype)], 1),
+                                     torch.cat([x, real.to(x.dtype)], 1)], 0))
+            loss_D_fake = gan_loss([[t[:B] for t in s] for s in preds], False, lsgan)
+            loss_D_real = gan_loss([[t[B:] for t in s] for s in preds], True, lsgan)
             pred_real = [[t[B:].detach() for t in s] for s in preds]     # feature-matching targets
             loss_D = 0.5 * (loss_D_fake + loss_D_real)
         opt_D.zero_grad(set_to_none=True)
@@ -562,8 +648,9 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
         D.requires_grad_(False)          # G's pass must not touch D's gradients
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             pred_fake = D(torch.cat([x, fake.to(x.dtype)], 1))
-            loss_G_GAN = gan_loss(pred_fake, True)
-            loss_G_FM = feature_matching_loss(pred_fake, pred_real, opts.n_layers_d, opts.lambda_feat)
+            loss_G_GAN = gan_loss(pred_fake, True, lsgan)
+            loss_G_FM = torch.zeros((), device=device) if opts.no_ganfeat_loss else \
+                feature_matching_loss(pred_fake, pred_real, opts.n_layers_d, opts.lambda_feat)
             loss_G_VGG = vgg_loss(fake, real) if vgg_loss is not None else torch.zeros((), device=device)
             loss_G = loss_G_GAN + loss_G_FM + loss_G_VGG
         opt_G.zero_grad(set_to_none=True)

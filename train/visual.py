@@ -21,9 +21,16 @@ def palette(n: int = 256) -> np.ndarray:
 _PALETTE = palette()
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """int [H,W] label ids -> uint8 [H,W,3]."""
-    return _PALETTE[np.asarray(label) % len(_PALETTE)]
+def colorize(label: np.ndarray, colors: dict[int, list[int]] | None = None) -> np.ndarray:
+    """int [H,W] label ids -> uint8 [H,W,3]; `colors` ({id: [r, g, b]}, a model's label_colors)
+    override the palette."""
+    pal = _PALETTE
+    if colors:
+        pal = pal.copy()
+        for i, rgb in colors.items():
+            if 0 <= i < len(pal):
+                pal[i] = rgb
+    return pal[np.asarray(label) % len(pal)]
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:
@@ -31,12 +38,15 @@ def to_rgb(image: torch.Tensor) -> np.ndarray:
     return to_uint8(image.detach().cpu()[None])[0].numpy()
 
 
-def sample_grid(label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, rows: int = 4
-                ) -> np.ndarray:
-    """One row per sample: label colourised | generated | real, with a 2 px white gutter."""
+def sample_grid(label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, rows: int = 4,
+                colors: dict[int, list[int]] | None = None) -> np.ndarray:
+    """One row per sample: label colourised (an RGB input, label_nc 0, as it is) | generated |
+    real, with a 2 px white gutter."""
     out = []
     for i in range(min(rows, label.shape[0])):
-        parts = [colorize(label[i, 0].cpu().numpy()), to_rgb(fake[i]), to_rgb(real[i])]
+        first = to_rgb(label[i]) if label.is_floating_point() else \
+            colorize(label[i, 0].cpu().numpy(), colors)
+        parts = [first, to_rgb(fake[i]), to_rgb(real[i])]
         gutter = np.full((parts[0].shape[0], 2, 3), 255, np.uint8)
         out.append(np.concatenate([parts[0], gutter, parts[1], gutter, parts[2]], axis=1))
         out.append(np.full((2, out[-1].shape[1], 3), 255, np.uint8))

@@ -6,6 +6,7 @@ import click
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import InputError
 from ..files import check_writable
+from ..label_names import read_label_names
 from ..official import write_official_features
 from ..train.features import MIN_AREA_RATIO, build_dictionary
 
@@ -24,16 +25,23 @@ from ..train.features import MIN_AREA_RATIO, build_dictionary
               type=click.Choice(["pix2pixhd", "cityscapes"]), help="Folder layout of --data.")
 @click.option("--phase", default="train", show_default=True,
               help="Dataset split: <phase>_label/ etc., or the Cityscapes split.")
-@click.option("--resize-or-crop", default=None, type=click.Choice(["none", "scale_width"]),
+@click.option("--resize-or-crop", default=None,
+              type=click.Choice(["none", "scale_width", "scale_width_and_crop", "crop"]),
               help="Load photos as the model was trained: 'scale_width' resizes to --load-size "
-                   "[as recorded in the model, else the trainer's default: scale_width].")
+                   "[as recorded in the model, else the trainer's default: scale_width]. The "
+                   "crop modes take whole photos (scale_width_and_crop as scale_width, crop as "
+                   "none): a random crop would cut instances.")
 @click.option("--load-size", default=None, type=click.IntRange(32),
               help="Width photos are scaled to with scale_width [as recorded in the model, else "
                    "the trainer's default: 1024].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0),
               help="Photo decoding threads.")
+@click.option("--label-names", type=click.Path(dir_okay=False),
+              help="Also store label names (and colours) in MODEL: JSON {\"26\": \"car\"} or "
+                   "{\"26\": {\"name\": \"car\", \"color\": [0, 0, 142]}}, or text lines "
+                   "`26 car 0 0 142`; `run --style car=3` then finds them.")
 def features_cmd(model, data, clusters, export, device, dataset_mode, phase, resize_or_crop,
-                 load_size, workers):
+                 load_size, workers, label_names):
     """Cluster per-instance encoder features into the per-class dictionary of MODEL.
 
     Every instance of every photo gets E's instance-mean feature and its area ratio
@@ -48,6 +56,9 @@ def features_cmd(model, data, clusters, export, device, dataset_mode, phase, res
     check_writable(model)
     if export:
         check_writable(export)
+    names = None
+    if label_names:       # a bad file fails now, not after the encoding pass
+        names = read_label_names(label_names, load_checkpoint(model).config.label_nc)
     feats, seen, kept = build_dictionary(model, data, clusters, device, dataset_mode, phase,
                                          resize_or_crop, load_size, workers)
     ckpt = load_checkpoint(model)
@@ -55,6 +66,12 @@ def features_cmd(model, data, clusters, export, device, dataset_mode, phase, res
         raise InputError(data, f"no instance has an area ratio above {MIN_AREA_RATIO} "
                                f"({seen} instances seen); nothing to cluster")
     ckpt.features = feats
+    if names is not None:
+        ckpt.label_names = names[0]
+        if names[1]:
+            ckpt.extra["label_colors"] = names[1]
+        else:
+            ckpt.extra.pop("label_colors", None)
     if export:
         write_official_features(feats, export)
     save_checkpoint(ckpt, model)

@@ -6,6 +6,7 @@ import click
 from ..checkpoint import save_checkpoint
 from ..config import MAX_LABEL_NC
 from ..files import check_writable
+from ..label_names import read_label_names
 from ..official import import_official
 
 
@@ -15,18 +16,27 @@ from ..official import import_official
 @click.option("--encoder", type=click.Path(dir_okay=False), help="latest_net_E.pth (feature encoder).")
 @click.option("--features", type=click.Path(dir_okay=False),
               help="features_clustered_010.npy (per-class k-means feature dictionary).")
-@click.option("--label-nc", default=35, show_default=True, type=click.IntRange(1, MAX_LABEL_NC),
-              help="Number of label classes.")
+@click.option("--label-nc", default=35, show_default=True, type=click.IntRange(0, MAX_LABEL_NC),
+              help="Number of label classes (0: the model takes an RGB image, the official "
+                   "label_nc 0).")
+@click.option("--label-names", type=click.Path(dir_okay=False),
+              help="Label names (and colours): JSON {\"26\": \"car\"} or text lines "
+                   "`26 car 0 0 142` [Cityscapes names for label_nc 35].")
 @click.option("--no-instance", is_flag=True, help="The model was trained without instance maps.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output model.pt.")
-def import_official_cmd(generator, encoder, features, label_nc, no_instance, out):
+def import_official_cmd(generator, encoder, features, label_nc, label_names, no_instance, out):
     """Convert official pix2pixHD checkpoints into a model.pt.
 
     The architecture (global or local, ngf, downsamplings, residual blocks, input channels and so
     feature channels) is read off the tensor shapes; stale norm buffers are dropped.
     """
     check_writable(out)
+    names = read_label_names(label_names, label_nc) if label_names else None
     ckpt = import_official(generator, encoder, features, label_nc, not no_instance)
+    if names is not None:
+        ckpt.label_names = names[0]
+        if names[1]:
+            ckpt.extra["label_colors"] = names[1]
     save_checkpoint(ckpt, out)
     c = ckpt.config
     n = sum(v.numel() for v in ckpt.generator.values())

@@ -31,7 +31,12 @@ def _bounded(name: str) -> click.IntRange:
 @click.option("--load-global", type=click.Path(dir_okay=False),
               help="Stage local: the global stage's model.pt.")
 @click.option("--label-nc", type=_bounded("label_nc"),
-              help="Label classes [35; local: from the loaded G1].")
+              help="Label classes [35; local: from the loaded G1]. 0: the input is an RGB image "
+                   "(folders PHASE_A/ inputs, PHASE_B/ photos, as the official code).")
+@click.option("--label-names", type=click.Path(dir_okay=False),
+              help="Label names (and colours) for model.pt: JSON {\"26\": \"car\"} or "
+                   "{\"26\": {\"name\": \"car\", \"color\": [0, 0, 142]}}, or text lines "
+                   "`26 car 0 0 142` [Cityscapes names for label_nc 35; local: G1's].")
 @click.option("--no-instance", is_flag=True, help="No instance edge map input.")
 @click.option("--instance-feat", is_flag=True, help="Train the encoder E for per-instance features.")
 @click.option("--feat-num", type=_bounded("feat_num"), help="Encoder feature channels [3].")
@@ -52,6 +57,16 @@ def _bounded(name: str) -> click.IntRange:
               help="Discriminator layers.")
 @click.option("--num-d", default=2, show_default=True, type=_bounded("num_d"),
               help="Discriminator scales.")
+@click.option("--load-d", type=click.Path(dir_okay=False),
+              help="Start D from an official latest_net_D.pth (fine-tuning); its shapes must fit "
+                   "--ndf/--n-layers-d/--num-d and the D inputs.")
+@click.option("--no-ganFeat-loss", "--no-ganfeat-loss", "no_ganfeat_loss", is_flag=True,
+              help="No discriminator feature-matching loss (D returns only its scores).")
+@click.option("--no-lsgan", is_flag=True,
+              help="Vanilla GAN loss (binary cross-entropy on D's scores) instead of least "
+                   "squares.")
+@click.option("--pool-size", default=0, show_default=True, type=_bounded("pool_size"),
+              help="Image pool of earlier fakes shown to D (0: off, the official default).")
 @click.option("--niter", default=100, show_default=True, type=_bounded("niter"),
               help="Epochs at the initial learning rate.")
 @click.option("--niter-decay", default=100, show_default=True, type=_bounded("niter_decay"),
@@ -63,10 +78,16 @@ def _bounded(name: str) -> click.IntRange:
               type=click.FloatRange(0, 1, min_open=True))
 @click.option("--batch-size", default=1, show_default=True, type=_bounded("batch_size"),
               help="Per process.")
-@click.option("--resize-or-crop", type=click.Choice(["none", "scale_width"]), default="scale_width",
-              show_default=True)
+@click.option("--resize-or-crop", default="scale_width", show_default=True,
+              type=click.Choice(["none", "scale_width", "scale_width_and_crop", "crop"]),
+              help="scale_width: width to --load-size; the crop modes then (or without a "
+                   "resize) take a random --fine-size square, the same for label, instances and "
+                   "photo.")
 @click.option("--load-size", default=1024, show_default=True, type=_bounded("load_size"),
-              help="Width for scale_width.")
+              help="Width for scale_width and scale_width_and_crop.")
+@click.option("--fine-size", default=512, show_default=True, type=_bounded("fine_size"),
+              help="Crop modes: side of the random square crop (a multiple of G's stride; a "
+                   "shorter image side is kept whole).")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--num-workers", default=2, show_default=True, type=_bounded("num_workers"),
               help="DataLoader workers (and threads of the dataset check).")
