@@ -100,6 +100,8 @@ class GeneratorGraph(nn.Module):
     """label, inst[, feat] -> image. `inst` is an input only where the model uses it (edges or
     features); `feat` only for features models."""
 
+    output_dtype: torch.dtype | None = None        # None: the weights' dtype (see to_typed_fp16)
+
     def __init__(self, synth: Synthesizer):
         super().__init__()
         self.synth = synth
@@ -109,13 +111,15 @@ class GeneratorGraph(nn.Module):
 
     def forward(self, label: torch.Tensor, inst: torch.Tensor | None = None,
                 feat: torch.Tensor | None = None) -> torch.Tensor:
-        return self.synth(label, inst, feat)
+        image = self.synth(label, inst, feat)
+        return image if self.output_dtype is None else image.to(self.output_dtype)
 
 
 class StyleGraph(nn.Module):
     """label, inst, style_image, style_inst -> image: style from an example photo."""
 
     input_names = ["label", "inst", "style_image", "style_inst"]
+    output_dtype: torch.dtype | None = None        # None: the weights' dtype (see to_typed_fp16)
 
     def __init__(self, synth: Synthesizer, encoder: nn.Module):
         super().__init__()
@@ -129,7 +133,45 @@ class StyleGraph(nn.Module):
         dtype = next(self.encoder_net.parameters()).dtype
         feat = photo_features(self.encoder_net, self.synth.cfg, style_image.to(dtype),
                               style_inst, inst)
-        return self.synth(label, inst, feat)
+        image = self.synth(label, inst, feat)
+        return image if self.output_dtype is None else image.to(self.output_dtype)
+
+
+class Fp32InstanceNorm(nn.Module):
+    """InstanceNorm2d (no affine, no running stats: what p2phd_infer.networks builds) computed in
+    fp32 whatever its input's dtype, returned in the input's dtype. In an fp16 graph the exporter
+    writes Cast(fp32) -> InstanceNormalization -> Cast(fp16): per-channel statistics over up to
+    2 M pixels (2048x1024) lose digits in fp16, and a variance can overflow its 65504."""
+
+    def __init__(self, norm: nn.InstanceNorm2d):
+        super().__init__()
+        if norm.affine or norm.track_running_stats:
+            raise ValueError("Fp32InstanceNorm: InstanceNorm2d without affine or running stats")
+        self.eps = norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.instance_norm(x.float(), eps=self.eps).to(x.dtype)
+
+
+def _norms_to_fp32(module: nn.Module) -> None:
+    # In place, at the same child names, so a Sequential keeps its indices.
+    for name, child in module.named_children():
+        if isinstance(child, nn.InstanceNorm2d):
+            setattr(module, name, Fp32InstanceNorm(child))
+        else:
+            _norms_to_fp32(child)
+
+
+def to_typed_fp16(graph: nn.Module) -> nn.Module:
+    """A GeneratorGraph or StyleGraph, in place, typed for TensorRT's strongly typed mode: fp16
+    weights and activations, with the fp32 islands written into the graph as Casts: every
+    InstanceNorm (Fp32InstanceNorm) and the style graph's instance-mean chain (instance_table and
+    lookup_table sum, divide and gather in fp32; encode_labels casts the means back to fp16).
+    Inputs and the output `image` stay fp32, so the graph's interface is the fp32 one."""
+    graph.half()
+    _norms_to_fp32(graph)
+    graph.output_dtype = torch.float32
+    return graph
 
 
 def example_inputs(names: list[str], cfg, batch: int, height: int, width: int,
@@ -156,8 +198,9 @@ def example_inputs(names: list[str], cfg, batch: int, height: int, width: int,
 
 
 def build_graph(ckpt, graph: str = "generator", device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Checkpoint -> GeneratorGraph or StyleGraph in eval mode on `device` in `dtype`."""
+                dtype: torch.dtype = torch.float32, typed_fp16: bool = False) -> nn.Module:
+    """Checkpoint -> GeneratorGraph or StyleGraph in eval mode on `device` in `dtype`; with
+    `typed_fp16`, fp16 with explicit fp32 islands (to_typed_fp16; `dtype` is then ignored)."""
     synth = Synthesizer(ckpt.config, ckpt.build_generator())
     if graph == "generator":
         module = GeneratorGraph(synth)
@@ -169,6 +212,8 @@ def build_graph(ckpt, graph: str = "generator", device: torch.device | str = "cp
         module = StyleGraph(synth, encoder)
     else:
         raise OptionError("--graph", f"unknown graph {graph!r} (generator, style)")
+    if typed_fp16:
+        return to_typed_fp16(module.to(device)).eval()
     return module.to(device, dtype).eval()
 
 

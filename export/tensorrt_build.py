@@ -1,15 +1,25 @@
-"""TensorRT 10 FP16 engine (`.plan`) from the exported ONNX graph, with the tensorrt Python API.
+"""TensorRT engine (`.plan`) from the exported ONNX graph, with the tensorrt Python API; TensorRT
+10 or 11.
 
-- Network from the ONNX parser, with TensorRT's native InstanceNormalization (the parser flag
-  NATIVE_INSTANCENORM) rather than the plugin.
-- FP16 (weakly typed builder flag), with precision constraints obeyed: every normalization layer
-  computes and outputs fp32 (InstanceNorm's variance over 2 M pixels loses digits in fp16), and so
-  does the style graph's instance-mean chain (scatter-add sums reach millions of pixels, past
-  fp16's 65504), from the ScatterElements nodes the exporter named "instance_sum*" up to the
-  GatherElements that reads the means back.
+- Strongly typed (NetworkDefinitionCreationFlag.STRONGLY_TYPED): every tensor has the type the
+  ONNX graph gives it, and TensorRT picks kernels for those types; no precision builder flag
+  and no per-layer precision. TensorRT 11 removed the weakly typed path (BuilderFlag.FP16 and
+  OBEY_PRECISION_CONSTRAINTS) and is strongly typed always (its STRONGLY_TYPED flag is kept,
+  ignored); 10.x has both, and builds this same graph the same way.
+- So the precision is the graph's: an fp16 plan is built from the fp16 ONNX graph
+  (export_onnx(..., precision="fp16"), graphs.to_typed_fp16): fp16 convolutions, with Casts to
+  fp32 around every InstanceNormalization (statistics over 2 M pixels lose digits in fp16) and
+  the style graph's instance-mean chain (scatter-add sums reach millions of pixels, past fp16's
+  65504). Inputs and the output `image` are fp32. The parsed network is checked against that
+  (check_types) before the build, so a graph typed otherwise is refused, not built slowly.
+- Native InstanceNormalization (the parser flag NATIVE_INSTANCENORM, where the parser has it)
+  rather than the plugin.
 - One optimisation profile, batch 1..max (opt = max), H and W fixed at the exported size.
 - A timing cache file reused across builds (loaded if present, saved after).
 - The plan is written atomically, with the engine metadata in the sidecar `<plan>.json`.
+
+The weakly typed build (FP16 flag plus fp32 pins) is gone: 11.x cannot run it, and on 10.x the
+strongly typed build of the typed graph computes the same islands in fp32 by construction.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ import onnx
 import torch
 
 from p2phd_infer.engines.base import METADATA_KEY, info_from_json, info_to_json, sidecar_path
-from p2phd_infer.engines.tensorrt import import_tensorrt, trt_logger
+from p2phd_infer.engines.tensorrt import import_tensorrt, tensorrt_major, trt_logger
 from p2phd_infer.errors import EngineError, MissingDependency
 from p2phd_infer.files import write_atomic
 
@@ -32,107 +42,136 @@ def default_timing_cache() -> Path:
     return root / "tensorrt-timing.cache"
 
 
-def _is_float(trt, dtype) -> bool:
-    return dtype in (trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float32))
+def network_flags(trt) -> int:
+    """create_network flags: STRONGLY_TYPED. 11.x is strongly typed whatever the flags, and keeps
+    the flag (ignored) for compatibility; should a later 11.x drop it, 0 means the same."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is not None:
+        return 1 << int(flag)
+    if tensorrt_major(trt) >= 11:
+        return 0
+    raise MissingDependency("tensorrt", f"tensorrt {trt.__version__} has no strongly typed "
+                                        f"networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED); "
+                                        f"install 10.x or 11.x: pip install tensorrt")
 
 
-def keep_fp32(trt, network) -> list[str]:
-    """Pin normalization layers and the instance-mean chain to fp32; returns their names.
-
-    Layers come in topological order (the parser adds them in ONNX node order), so one forward
-    pass marks everything fed, directly or not, by an instance sum, stopping at the gather."""
-    pinned: list[str] = []
-    tainted: set[str] = set()        # tensors that carry instance sums or means
+def check_types(trt, network, precision: str, where) -> dict[str, int]:
+    """EngineError unless the parsed network is typed as export_onnx wrote it: every convolution
+    in the graph's precision, every normalization and instance sum reading and writing fp32, the
+    output `image` fp32. Returns counts for the log."""
+    want = trt.float16 if precision == "fp16" else trt.float32
+    L = trt.LayerType
+    convs = {L.CONVOLUTION, getattr(L, "DECONVOLUTION", L.CONVOLUTION)}
+    counts = {"conv": 0, "norm": 0, "sum": 0}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
-        fed = any(t is not None and t.name in tainted for t in inputs)
-        is_norm = layer.type == trt.LayerType.NORMALIZATION
+        outs = [layer.get_output(k).dtype for k in range(layer.num_outputs)]
+        if layer.type in convs:
+            counts["conv"] += 1
+            if outs[0] != want:
+                raise EngineError(where, f"convolution {layer.name!r} computes {outs[0]}, not "
+                                         f"{precision}: export the graph with "
+                                         f"precision={precision!r}")
+        is_norm = layer.type == L.NORMALIZATION
         is_sum = layer.name.startswith(INSTANCE_SUM)
-        if not (is_norm or is_sum or fed):
-            continue
-        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
-        if any(_is_float(trt, t.dtype) for t in outputs):
-            layer.precision = trt.float32
-            for k, t in enumerate(outputs):
-                if _is_float(trt, t.dtype):
-                    layer.set_output_type(k, trt.float32)
-            if is_norm:
-                layer.__class__ = trt.INormalizationLayer       # the Python API's downcast
-                if hasattr(layer, "compute_precision"):
-                    layer.compute_precision = trt.float32
-            pinned.append(layer.name)
-        if (is_sum or fed) and layer.type != trt.LayerType.GATHER:
-            tainted.update(t.name for t in outputs if _is_float(trt, t.dtype))
-    return pinned
+        if is_norm or is_sum:
+            counts["norm" if is_norm else "sum"] += 1
+            ins = [layer.get_input(j).dtype for j in range(layer.num_inputs)
+                   if layer.get_input(j) is not None]
+            floats = [t for t in ins[:1] + outs if t != trt.int32 and t != trt.int64]
+            if any(t != trt.float32 for t in floats):
+                raise EngineError(where, f"{'normalization' if is_norm else 'instance sum'} "
+                                         f"{layer.name!r} is not fp32 ({ins[:1]} -> {outs}); the "
+                                         f"graph must cast it to fp32 (export_onnx writes that)")
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        if t.name == "image" and t.dtype != trt.float32:
+            raise EngineError(where, f"output 'image' is {t.dtype}, not fp32")
+    return counts
 
 
 def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch: int | None = None,
-                   fp16: bool = True, timing_cache: str | os.PathLike | None = None,
+                   fp16: bool | None = None, timing_cache: str | os.PathLike | None = None,
                    workspace_gib: float | None = None, device: str | torch.device = "cuda",
                    log=print) -> Path:
-    """Build `out` (.plan) from an ONNX file exported by export_onnx; write `out`.json beside it."""
+    """Build `out` (.plan) from an ONNX file exported by export_onnx; write `out`.json beside it.
+
+    The plan's precision is the graph's (its metadata says which); `fp16` True or False, when
+    given, must match it: a strongly typed build cannot make an fp16 plan from an fp32 graph."""
     trt = import_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out)
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise MissingDependency("--device", "building a TensorRT engine needs a CUDA GPU")
     model = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         raise EngineError(onnx_path, "no p2phd-infer metadata (export it with "
                           "`p2phd-infer export --format onnx`)")
     info = info_from_json(props[METADATA_KEY], onnx_path)
+    precision = info.precision
+    if precision not in ("fp32", "fp16"):
+        raise EngineError(onnx_path, f"graph precision {precision!r}; TensorRT builds fp32 or fp16 "
+                                     f"graphs from export_onnx")
+    if fp16 is not None and fp16 != (precision == "fp16"):
+        asked = "fp16" if fp16 else "fp32"
+        raise EngineError(onnx_path, f"an {precision} graph, and an {asked} plan was asked for: "
+                                     f"TensorRT builds strongly typed, in the graph's types; "
+                                     f"export it with export_onnx(..., precision={asked!r})")
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise MissingDependency("--device", "building a TensorRT engine needs a CUDA GPU")
     max_batch = int(max_batch or info.max_batch or 1)
-    H, W = info.size
-    logger = trt_logger(trt)
     with torch.cuda.device(device):
         torch.empty(1, device=device)            # build inside torch's (primary) CUDA context
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)      # explicit batch is the only mode in TensorRT 10
-        parser = trt.OnnxParser(network, logger)
-        parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
-        if not parser.parse_from_file(str(onnx_path)):
-            errors = "; ".join(_parser_error(parser.get_error(i))
-                               for i in range(parser.num_errors))
-            raise EngineError(onnx_path, f"TensorRT's ONNX parser failed: {errors}")
-        config = builder.create_builder_config()
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            pinned = keep_fp32(trt, network)
-            log(f"fp16 build; {len(pinned)} layers pinned to fp32 (normalization, instance mean)")
-        if workspace_gib:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            t = network.get_input(i)
-            c = t.shape[1]
-            profile.set_shape(t.name, (1, c, H, W), (max_batch, c, H, W), (max_batch, c, H, W))
-        config.add_optimization_profile(profile)
-        cache_path = Path(timing_cache) if timing_cache else default_timing_cache()
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        log(f"building TensorRT {trt.__version__} engine for {W}x{H}, batch 1..{max_batch} "
-            f"(minutes at 2048x1024)")
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise EngineError(onnx_path, "TensorRT could not build an engine (see its log above)")
-        write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-        info.max_batch = max_batch
-        info.precision = "fp16" if fp16 else "fp32"
-        info.backend = "tensorrt"
-        info.extra.update(tensorrt=trt.__version__,
-                          gpu=torch.cuda.get_device_name(device))
-        # Sidecar first: a plan without its metadata is refused at load, never half-described.
-        write_atomic(sidecar_path(out), info_to_json(info))
-        write_atomic(out, bytes(memoryview(plan)))
+        plan = build_plan(trt, onnx_path, precision, info.size, max_batch,
+                          Path(timing_cache) if timing_cache else default_timing_cache(),
+                          workspace_gib, log)
+        gpu = torch.cuda.get_device_name(device)
+    info.max_batch = max_batch
+    info.backend = "tensorrt"
+    info.extra.update(tensorrt=trt.__version__, typing="strong", gpu=gpu)
+    # Sidecar first: a plan without its metadata is refused at load, never half-described.
+    write_atomic(sidecar_path(out), info_to_json(info))
+    write_atomic(out, plan)
     return out
+
+
+def build_plan(trt, onnx_path: Path, precision: str, size: tuple[int, int], max_batch: int,
+               cache_path: Path, workspace_gib: float | None = None, log=print) -> bytes:
+    """The serialized plan of a strongly typed build of `onnx_path` (in the current CUDA
+    context); the timing cache at `cache_path` is read if present and written after."""
+    H, W = size
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if hasattr(trt.OnnxParserFlag, "NATIVE_INSTANCENORM"):
+        parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(onnx_path, f"TensorRT's ONNX parser failed: {errors}")
+    counts = check_types(trt, network, precision, onnx_path)
+    log(f"strongly typed {precision} network: {counts['conv']} convolutions in {precision}, "
+        f"{counts['norm']} normalizations and {counts['sum']} instance sums in fp32")
+    config = builder.create_builder_config()        # no precision flags: the graph's types rule
+    if workspace_gib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        c = t.shape[1]
+        profile.set_shape(t.name, (1, c, H, W), (max_batch, c, H, W), (max_batch, c, H, W))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"building TensorRT {trt.__version__} engine for {W}x{H}, batch 1..{max_batch} "
+        f"(minutes at 2048x1024)")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(onnx_path, "TensorRT could not build an engine (see its log above)")
+    write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(plan))
 
 
 def _parser_error(error) -> str:
     desc = error.desc() if hasattr(error, "desc") else str(error)
     node = error.node_name() if hasattr(error, "node_name") else ""
     return f"{desc} (node {node})" if node else desc
-
-

@@ -56,8 +56,8 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
     if out.suffix.lower() not in SUFFIXES[fmt]:
         raise OptionError(out, f"a {fmt} engine file must end in {' or '.join(SUFFIXES[fmt])}")
     if fmt == "onnx" and fp16:
-        raise OptionError("--fp16", "ONNX export is fp32 (TensorRT builds its fp16 engine from "
-                                    "it: --format tensorrt)")
+        raise OptionError("--fp16", "ONNX export is fp32 (--format tensorrt builds its fp16 "
+                                    "engine from an fp16-typed graph of its own)")
     check_writable(out)
     ckpt = load_checkpoint(engine_path)
     _validate(ckpt, fmt, height, width, fp16, device, graph)
@@ -113,9 +113,11 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
     onnx_tmp = temp_path(out, ".onnx")
     try:
         bar.set_postfix_str("ONNX for TensorRT")
-        export_onnx(ckpt, onnx_tmp, height, width, max_batch, graph)
+        # TensorRT builds strongly typed: the fp16 plan comes from the fp16-typed graph.
+        precision = "fp32" if fp16 is False else "fp16"
+        export_onnx(ckpt, onnx_tmp, height, width, max_batch, graph, precision)
         bar.set_postfix_str("TensorRT build")
-        build_tensorrt(onnx_tmp, out, max_batch, fp16=fp16 is not False,
+        build_tensorrt(onnx_tmp, out, max_batch, fp16=precision == "fp16",
                        timing_cache=timing_cache, device=dev, log=tqdm.write)
     finally:
         try:                   # never let the cleanup hide the error that got us here

@@ -4,7 +4,8 @@ TensorRT runs in torch's CUDA context (the device's primary context, which torch
 on torch's current stream: inputs and outputs are torch CUDA tensors bound by address
 (`set_tensor_address` + `execute_async_v3`), so there is no second CUDA context, no copy and no
 host sync. The engine's metadata (config, features, label names, size, profile) is the sidecar
-`<plan>.json`, since a plan file is TensorRT's own format.
+`<plan>.json`, since a plan file is TensorRT's own format. TensorRT 10 and 11 both run the
+strongly typed plans p2phd_infer.export.tensorrt_build writes.
 """
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ from pathlib import Path
 import torch
 
 from ..errors import EngineError, MissingDependency
-from .base import METADATA_KEY, Engine, info_from_json, resolve_device, sidecar_path
+from .base import Engine, info_from_json, resolve_device, sidecar_path
 
-INSTALL_HINT = "pip install 'tensorrt>=10,<11' (TensorRT 10), or pip install 'p2phd-infer[gpu]'"
+INSTALL_HINT = "pip install 'tensorrt>=10' (TensorRT 10 or 11), or pip install 'p2phd-infer[gpu]'"
+MAJORS = (10, 11)       # the strongly typed build (p2phd_infer.export.tensorrt_build) runs on both
+
+
+def tensorrt_major(trt) -> int:
+    """The major version of a tensorrt module; -1 when its __version__ is not a version."""
+    head = str(getattr(trt, "__version__", "")).split(".")[0]
+    return int(head) if head.isdigit() else -1
 
 
 def import_tensorrt():
@@ -26,10 +34,10 @@ def import_tensorrt():
     except ImportError:
         raise MissingDependency("tensorrt", f"TensorRT engines need the tensorrt package: "
                                 f"{INSTALL_HINT}") from None
-    major = int(str(tensorrt.__version__).split(".")[0])
-    if major != 10:     # 11 drops the weakly typed FP16 builder flag and per-layer precisions
-        raise MissingDependency("tensorrt", f"this release builds and runs TensorRT 10 engines; tensorrt "
-                          f"{tensorrt.__version__} is installed ({INSTALL_HINT})")
+    if tensorrt_major(tensorrt) not in MAJORS:
+        version = getattr(tensorrt, "__version__", "of unknown version")
+        raise MissingDependency("tensorrt", f"this release builds and runs TensorRT 10 and 11 "
+                                f"engines; tensorrt {version} is installed ({INSTALL_HINT})")
     return tensorrt
 
 
@@ -74,9 +82,9 @@ class TensorRTEngine(Engine):
             self.runtime = trt.Runtime(logger)
             self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
-                raise EngineError(self.path, f"TensorRT could not load this plan (built by "
-                                  f"another TensorRT version or for another GPU? rebuild it with "
-                                  f"`p2phd-infer export --format tensorrt` on this machine)")
+                raise EngineError(self.path, "TensorRT could not load this plan (built by "
+                                  "another TensorRT version or for another GPU? rebuild it with "
+                                  "`p2phd-infer export --format tensorrt` on this machine)")
             self.context = self.engine.create_execution_context()
         self.inputs: list[str] = []
         self.dtypes: dict[str, torch.dtype] = {}
@@ -89,7 +97,7 @@ class TensorRTEngine(Engine):
                 lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
                 self.profile[name] = (tuple(lo), tuple(hi))
         if "image" not in self.dtypes:
-            raise EngineError(self.path, f"the plan has no 'image' output")
+            raise EngineError(self.path, "the plan has no 'image' output")
         self._lock = threading.Lock()
         self._done: torch.cuda.Event | None = None
 
@@ -139,9 +147,10 @@ class TensorRTEngine(Engine):
             if self._done is not None:
                 stream.wait_event(self._done)
             if not self.context.execute_async_v3(stream.cuda_stream):
-                raise EngineError(self.path, f"TensorRT execution failed")
+                raise EngineError(self.path, "TensorRT execution failed")
             self._done = torch.cuda.Event()
             self._done.record(stream)
         # Inputs converted above are freed on return; torch's allocator reuses their memory only
-        # in stream order, after TensorRT has read them.
-        return out
+        # in stream order, after TensorRT has read them. Plans from export_onnx write fp32; one
+        # typed otherwise is still returned as float.
+        return out if out.dtype == torch.float32 else out.float()
