@@ -136,7 +136,7 @@ def check_tensorrt(ckpt, reference, label, inst, H, W, work, device, iters, warm
     from p2phd_infer.export.onnx_export import export_onnx
     from p2phd_infer.export.tensorrt_build import build_tensorrt
     t = time.perf_counter()
-    onnx_path = export_onnx(ckpt, Path(work) / "g.onnx", H, W, max_batch=1)
+    onnx_path = export_onnx(ckpt, Path(work) / "g.onnx", H, W, max_batch=1, precision="fp16")
     plan = build_tensorrt(onnx_path, Path(work) / "g.plan", max_batch=1, fp16=True,
                           timing_cache=Path(work) / "timing.cache", device=device,
                           log=lambda *a: print(*a, file=sys.stderr))

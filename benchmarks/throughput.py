@@ -58,12 +58,15 @@ def build_engine_file(kind: str, ckpt: Checkpoint, work: Path, H: int, W: int, m
     """Export `kind` with p2phd_infer.export (ImportError when that module is absent)."""
     if kind in ("onnx", "tensorrt"):
         from p2phd_infer.export.onnx_export import export_onnx
-        onnx_path = work / "built.onnx"
-        if not onnx_path.exists():
-            export_onnx(ckpt, onnx_path, H, W, max_batch=max_batch)
         if kind == "onnx":
+            onnx_path = work / "built.onnx"
+            if not onnx_path.exists():
+                export_onnx(ckpt, onnx_path, H, W, max_batch=max_batch)
             return onnx_path
         from p2phd_infer.export.tensorrt_build import build_tensorrt
+        onnx_path = work / "built_fp16.onnx"       # TensorRT builds strongly typed from fp16
+        if not onnx_path.exists():
+            export_onnx(ckpt, onnx_path, H, W, max_batch=max_batch, precision="fp16")
         plan = work / "built.plan"
         build_tensorrt(onnx_path, plan, max_batch=max_batch, fp16=True, device=device,
                        log=lambda *a, **k: None)
