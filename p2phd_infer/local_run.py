@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,16 +14,77 @@ from tqdm import tqdm
 
 from .api import make_style
 from .engines import Engine, open_engine
-from .errors import OptionError, record_of
+from .errors import Error, OptionError, record_of
 from .files import remove_stale_temps
 from .locations import is_uri, resolve
 from .plan import Plan, RunOptions, RunSummary, plan, sample_labels
 from .runtime import Runtime, default_workers
 
 
+def choose_backend(opts: RunOptions, device=None) -> tuple[str, str]:
+    """(backend, why) for `run`: "openvino" or "torch" for a model.pt, "file" for an exported
+    engine (its suffix decides). On a CPU, a model.pt runs on OpenVINO by default: about twice
+    as fast as PyTorch eager in fp32 (benchmarks/RESULTS.md, "Fastest on a CPU") and within
+    1e-4 of it (tests/test_engine_openvino.py). PyTorch instead with --mode plain/fast,
+    --compile, --precision fp16, bf16 on a CPU without native BF16, or without openvino."""
+    device = opts.device if device is None else device
+    is_pt = opts.engine is None or Path(opts.engine).suffix.lower() == ".pt"
+    if not is_pt:
+        return "file", "an exported engine file"
+    if opts.backend != "auto":
+        return opts.backend, f"--backend {opts.backend}"
+    from .engines import resolve_device
+    if resolve_device(device).type != "cpu":
+        return "torch", "the device is not the CPU"
+    for given, why in ((opts.mode != "auto", f"--mode {opts.mode}"),
+                       (bool(opts.compile), "--compile"),
+                       (opts.precision == "fp16", "--precision fp16")):
+        if given:
+            return "torch", why
+    from .engines.openvino import check_precision, import_openvino
+    try:
+        import_openvino()
+        check_precision(opts.precision)
+    except Error as e:
+        return "torch", f"OpenVINO: {e.fault}"
+    return "openvino", "the CPU default"
+
+
 def open_run_engine(opts: RunOptions, device=None) -> Engine:
-    return open_engine(opts.engine, opts.device if device is None else device,
-                       precision=opts.precision, compile=opts.compile, mode=opts.mode)
+    device = opts.device if device is None else device
+    backend, why = choose_backend(opts, device)
+    if backend == "openvino" and (opts.engine is None or
+                                  Path(opts.engine).suffix.lower() == ".pt"):
+        if opts.mode == "fast" or opts.compile:
+            raise OptionError("--backend", "openvino takes neither --mode fast nor --compile "
+                                           "(PyTorch engine options)")
+        from .engines import default_engine_path
+        from .engines.openvino import open_openvino
+        log = (lambda message: tqdm.write(message, file=sys.stderr)) if opts.progress else None
+        engine = open_openvino(opts.engine or default_engine_path(), device,
+                               precision=opts.precision, log=log)
+    else:
+        engine = open_engine(opts.engine, device, precision=opts.precision,
+                             compile=opts.compile, mode=opts.mode,
+                             backend="openvino" if backend == "openvino" else "auto")
+    engine.info.extra["chosen_because"] = why
+    return engine
+
+
+def describe_engine(engine: Engine) -> str:
+    """One line: which engine ran, and why it was chosen."""
+    info = engine.info
+    extra = info.extra
+    if info.backend == "openvino":
+        what = f"OpenVINO {str(extra.get('openvino', '')).split('-')[0]} CPU {info.precision}"
+        if extra.get("source") == "pt":
+            what += " (model.pt converted once per frame size, cached)"
+    elif info.backend == "torch":
+        what = f"PyTorch {engine.device} {info.precision} {extra.get('mode') or ''}".rstrip()
+    else:
+        what = f"{info.backend} {engine.device} {info.precision}"
+    why = extra.get("chosen_because")
+    return f"engine: {what}" + (f" [{why}]" if why else "")
 
 
 def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
@@ -69,7 +131,8 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
         summary = synthesize(engine, style, todo, opts, on_failure)
     summary.settings.update(engine=str(opts.engine or "demo"), device=str(engine.device),
                             precision=engine.info.precision, mode=engine.info.extra.get("mode"),
-                            compile=opts.compile, seed=opts.seed, style=opts.style)
+                            compile=opts.compile, seed=opts.seed, style=opts.style,
+                            backend=engine.info.backend, ran=describe_engine(engine))
     return summary
 
 

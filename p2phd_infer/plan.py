@@ -36,6 +36,9 @@ class RunOptions:
     device: str = "auto"
     precision: str = "fp32"
     mode: str = "auto"                   # PyTorch engine: auto, fast, plain
+    # auto: a model.pt on a CPU runs on OpenVINO where it can (local_run.choose_backend), else
+    # PyTorch; torch; openvino (a model.pt, .onnx or .xml on OpenVINO's CPU plugin)
+    backend: str = "auto"
     compile: bool = False
     batch_size: int = 1
     max_delay_us: int = 2000
@@ -67,6 +70,8 @@ class RunOptions:
         for name, value, lo, hi in checks:
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise OptionError(name, f"{value!r} is outside {lo}..{hi}")
+        if self.backend not in ("auto", "torch", "openvino"):
+            raise OptionError("--backend", f"{self.backend!r}: one of auto, torch, openvino")
         if self.format not in OUTPUT_FORMATS:
             raise OptionError("--format", f"{self.format!r}: one of {', '.join(OUTPUT_FORMATS)}")
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or \
@@ -108,9 +113,10 @@ class RunSummary:
         self.failures.append(record)
 
     def line(self, where: str = "") -> str:
+        ran = f"; {self.settings['ran']}" if self.settings.get("ran") else ""
         return (f"{self.frames} frames: {self.written} written, {self.skipped} skipped (exist), "
                 f"{self.failed} failed; {self.frames_per_second:.2f} frames/s "
-                f"({self.seconds:.1f} s){where}")
+                f"({self.seconds:.1f} s){where}{ran}")
 
     def write_json(self, path: str) -> None:
         write_atomic(path, json.dumps(asdict(self), indent=2) + "\n")

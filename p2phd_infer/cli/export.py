@@ -14,7 +14,8 @@ from ..export.graphs import check_size
 from ..export.parity import check_engine
 from ..files import check_writable, temp_path
 
-SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2",)}
+SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2",),
+            "openvino": (".xml",)}
 
 
 @click.command("export")
@@ -22,7 +23,7 @@ SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2
               help="The model.pt to export.")
 @click.option("--format", "fmt", required=True, type=click.Choice(sorted(SUFFIXES)),
               help="onnx (onnxruntime, and the input to TensorRT), tensorrt (.plan, FP16), "
-                   "aoti (AOTInductor .pt2).")
+                   "aoti (AOTInductor .pt2), openvino (.xml + .bin, OpenVINO's CPU plugin).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output file: .onnx, .plan/.engine or .pt2.")
 @click.option("--height", default=1024, show_default=True, type=click.IntRange(1),
@@ -58,6 +59,9 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
     if fmt == "onnx" and fp16:
         raise OptionError("--fp16", "ONNX export is fp32 (--format tensorrt builds its fp16 "
                                     "engine from an fp16-typed graph of its own)")
+    if fmt == "openvino" and fp16:
+        raise OptionError("--fp16", "the OpenVINO IR keeps fp32 weights; the precision (fp32 or "
+                                    "bf16) is chosen at run time: run --precision")
     check_writable(out)
     ckpt = load_checkpoint(engine_path)
     _validate(ckpt, fmt, height, width, fp16, device, graph)
@@ -71,7 +75,8 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
             result = check_engine(engine, ckpt)
         bar.update(1)
     size = out.stat().st_size / 2**20
-    click.echo(f"{out}: {fmt} {graph} engine, {width}x{height}, batch 1..{max_batch}, "
+    batches = f"batch 1..{max_batch}" if engine.info.max_batch is not None else "any batch"
+    click.echo(f"{out}: {fmt} {graph} engine, {width}x{height}, {batches}, "
                f"{engine.info.precision}, {size:.1f} MiB")
     if result is not None:
         click.echo(f"parity against fp32 PyTorch on random inputs: max abs diff "
@@ -87,6 +92,9 @@ def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
     dev = resolve_device(device)
     if fmt == "aoti" and fp16 and dev.type != "cuda":
         raise OptionError("--fp16", "fp16 AOTInductor packages are built for CUDA (--device cuda)")
+    if fmt == "openvino":
+        from ..engines.openvino import import_openvino
+        import_openvino()           # a missing package fails before the slow export
     if fmt == "tensorrt":
         import_tensorrt()           # a missing package fails before the slow export
         if dev.type != "cuda":
@@ -96,6 +104,12 @@ def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
 
 def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timing_cache, bar):
     from ..export.onnx_export import export_onnx
+    if fmt == "openvino":
+        from ..export.openvino_export import export_openvino
+        bar.set_postfix_str("OpenVINO (PyTorch frontend)")
+        export_openvino(ckpt, out, height, width, graph)
+        bar.update(1)
+        return open_engine(out, "cpu")
     if fmt == "onnx":
         bar.set_postfix_str("torch.onnx (dynamo)")
         export_onnx(ckpt, out, height, width, max_batch, graph)

@@ -6,6 +6,10 @@
 | `.onnx`          | OnnxEngine      | onnx.py    |
 | `.pt2`           | AotiEngine      | aoti.py    |
 | `.plan/.engine`  | TensorRTEngine  | tensorrt.py|
+| `.xml` (+`.bin`) | OpenvinoEngine  | openvino.py|
+
+backend="openvino" runs an `.onnx` on OpenVINO's CPU plugin instead of onnxruntime, and a model.pt
+through OpenvinoModelEngine (converted per frame size and cached: openvino.open_openvino).
 
 base.py holds what they share (Engine, EngineInfo, the metadata document, feed checks, devices).
 """
@@ -19,7 +23,8 @@ from .base import (MAX_INSTANCE_ID, PRECISIONS, Engine, EngineInfo, info_from_js
 from .pytorch import MODES, FastPathWarning, TorchEngine
 
 SUFFIXES = {".pt": "torch", ".onnx": "onnx", ".pt2": "aoti", ".plan": "tensorrt",
-            ".engine": "tensorrt"}
+            ".engine": "tensorrt", ".xml": "openvino"}
+BACKENDS = ("auto", "torch", "openvino")
 
 
 def default_engine_path() -> Path:
@@ -30,9 +35,15 @@ def default_engine_path() -> Path:
 
 
 def open_engine(path: str | Path | None = None, device=None, *, precision: str = "fp32",
-                compile: bool | str | None = None, mode: str = "auto") -> Engine:
+                compile: bool | str | None = None, mode: str = "auto",
+                backend: str = "auto") -> Engine:
     """The engine for a file (None: the bundled demo model). precision, compile and mode are the
-    PyTorch engine's; an exported file carries its own precision."""
+    PyTorch engine's; an exported file carries its own precision, except on OpenVINO, which
+    takes fp32 or bf16 at load. backend: auto (by the file), torch, or openvino (an .onnx, an
+    .xml, or a model.pt converted once per frame size and cached)."""
+    from ..errors import OptionError
+    if backend not in BACKENDS:
+        raise OptionError("--backend", f"{backend!r}: one of {', '.join(BACKENDS)}")
     path = Path(path) if path is not None else default_engine_path()
     if not path.is_file():
         raise EngineError(path, "no such engine file" if not path.exists() else "not a file")
@@ -42,6 +53,17 @@ def open_engine(path: str | Path | None = None, device=None, *, precision: str =
         hint = (": an official pix2pixHD state dict? convert it with `p2phd-infer import-official`"
                 if suffix == ".pth" else f" ({', '.join(SUFFIXES)})")
         raise EngineError(path, f"unknown engine type {suffix!r}{hint}")
+    if backend == "torch" and kind != "torch":
+        raise OptionError("--backend", f"torch runs a model.pt; {path.name} is a {kind} engine")
+    if backend == "openvino" and kind not in ("torch", "onnx", "openvino"):
+        raise OptionError("--backend", f"openvino runs a model.pt, an .onnx or an .xml, not a "
+                                       f"{kind} engine")
+    if kind == "openvino" or (backend == "openvino" and kind == "onnx"):
+        from .openvino import OpenvinoEngine
+        return OpenvinoEngine(path, device, precision=precision)
+    if kind == "torch" and backend == "openvino":
+        from .openvino import open_openvino
+        return open_openvino(path, device, precision=precision)
     if kind == "torch":
         return TorchEngine(path, device, precision=precision, compile=compile, mode=mode)
     if kind == "onnx":
@@ -54,6 +76,6 @@ def open_engine(path: str | Path | None = None, device=None, *, precision: str =
     return TensorRTEngine(path, device)
 
 
-__all__ = ["MAX_INSTANCE_ID", "MODES", "PRECISIONS", "Engine", "EngineError", "EngineInfo",
-           "FastPathWarning", "TorchEngine", "default_engine_path", "info_from_json",
+__all__ = ["BACKENDS", "MAX_INSTANCE_ID", "MODES", "PRECISIONS", "Engine", "EngineError",
+           "EngineInfo", "FastPathWarning", "TorchEngine", "default_engine_path", "info_from_json",
            "info_to_json", "open_engine", "resolve_device", "sidecar_path"]
