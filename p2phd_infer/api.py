@@ -5,12 +5,14 @@
     for label, inst in simulator:                 # numpy or torch, CPU or CUDA, [H,W] or [B,H,W]
         rgb = p2p(label, inst)                    # numpy uint8 [H,W,3]
         gpu_rgb = p2p(label, inst, output="torch")   # uint8 [H,W,3] on the engine's device
+        rgb = p2p(label, inst, instance_styles={26001: 3}, copy_styles={26002: 26001})
 
 A call runs on the caller's thread and current CUDA stream: tensors already on the engine's device
 go in without a copy (int32 ids are used as they are, other integer types are converted there).
 For many frames at once, `p2p.runtime(...)` gives a batched, pipelined Runtime over the same
 engine and style. Styles come from (seed, instance id), so an instance keeps its look in every
-frame.
+frame; per-instance choices (a cluster index, or "look like that other instance") override it
+(styles.py).
 """
 from __future__ import annotations
 
@@ -28,17 +30,20 @@ from .synthesizer import to_uint8
 
 
 def make_style(engine: Engine, style: str | None = None, seed: int = 0,
-               style_image: str | Path | None = None, style_instances: str | Path | None = None):
+               style_image: str | Path | None = None, style_instances: str | Path | None = None,
+               instances: dict[int, int] | None = None, copies: dict[int, int] | None = None):
     """A StyleControl for a features model, None for a model without features (and without style
-    options). OptionError/InputError for bad options."""
-    wants_style = bool(style) or style_image is not None
+    options). OptionError/InputError for bad options. instances: {instance id: cluster index};
+    copies: {instance id: instance id whose look it takes}."""
+    wants_style = bool(style) or style_image is not None or bool(instances) or bool(copies)
     if engine.config.feat_num <= 0 and not wants_style:
         return None
     from .styles import StyleControl
     control = StyleControl.from_options(
         engine.info, style, seed, Path(style_image) if style_image is not None else None,
         Path(style_instances) if style_instances is not None else None,
-        encoder=getattr(engine, "encoder", None), device=engine.device)
+        encoder=getattr(engine, "encoder", None), device=engine.device, instances=instances,
+        copies=copies)
     return control if engine.config.feat_num > 0 else None
 
 
@@ -48,16 +53,22 @@ class Pix2PixHD:
     engine: a path (model.pt, .pt2, .onnx, .plan; None: the bundled demo model) or an Engine.
     style/seed/style_image/style_instances: per-instance feature choice for features models
     (see styles.py); ignored by models without features unless given explicitly.
+    instance_styles {instance id: cluster index} / copy_styles {instance id: source instance id}:
+    per-instance choices for every call (a call may give its own instead).
     """
 
     def __init__(self, engine: str | Path | Engine | None = None, *, device: str = "auto",
                  precision: str = "fp32", compile: bool = False, mode: str = "auto",
                  style: str | None = None,
                  seed: int = 0, style_image: str | Path | None = None,
-                 style_instances: str | Path | None = None):
+                 style_instances: str | Path | None = None,
+                 instance_styles: dict[int, int] | None = None,
+                 copy_styles: dict[int, int] | None = None):
         self.engine = engine if isinstance(engine, Engine) else \
             open_engine(engine, device, precision=precision, compile=compile, mode=mode)
-        self.style = make_style(self.engine, style, seed, style_image, style_instances)
+        self.style = make_style(self.engine, style, seed, style_image, style_instances,
+                                instance_styles, copy_styles)
+        self._call_style: tuple[str, object] | None = None   # the last per-call control
 
     @property
     def device(self) -> torch.device:
@@ -67,9 +78,15 @@ class Pix2PixHD:
     def config(self):
         return self.engine.config
 
-    def __call__(self, label, inst=None, *, output: str = "numpy"):
+    def __call__(self, label, inst=None, *, output: str = "numpy",
+                 instance_styles: dict[int, int] | None = None,
+                 copy_styles: dict[int, int] | None = None):
         """label, inst: integer id maps [H,W], [B,H,W] or [B,1,H,W] (numpy or torch). inst may be
         left out for models without instance maps.
+
+        instance_styles {instance id: cluster index} and copy_styles {instance id: source id}:
+        this call's per-instance choices, in place of those given to the constructor (the seed,
+        label style and style photo stay). OptionError for a cluster out of range.
 
         output: "numpy" -> uint8 [H,W,3] ([B,H,W,3] for batched input) on the host;
         "torch" -> the same as a uint8 tensor on the engine's device; "float" -> the engine's
@@ -88,9 +105,10 @@ class Pix2PixHD:
                    size=self.engine.info.size)
         label_t = label_t.to(self.device).to(torch.int32)
         inst_t = label_t if inst_t is None else inst_t.to(self.device).to(torch.int32)
+        style = self._style_for(instance_styles, copy_styles)
         with torch.inference_mode():
-            feat = self.style.feature_map(label_t, inst_t) if self.style is not None else None
-            image = self.engine(label_t, inst_t, feat)
+            feat = style.feature_map(label_t, inst_t) if style is not None else None
+            image = self.engine.synthesize(label_t, inst_t, feat)
             if output == "float":
                 return image
             rgb = to_uint8(image)
@@ -99,6 +117,18 @@ class Pix2PixHD:
             return rgb if output == "torch" else rgb.cpu().numpy()
 
     synthesize = __call__
+
+    def _style_for(self, instance_styles, copy_styles):
+        if instance_styles is None and copy_styles is None:
+            return self.style
+        if self.style is None:
+            raise OptionError("instance_styles", "this model takes no instance features "
+                                                 "(feat_num 0)")
+        from .styles import instance_style
+        key = instance_style(instance_styles, copy_styles)
+        if self._call_style is None or self._call_style[0] != key:
+            self._call_style = (key, self.style.with_instances(instance_styles, copy_styles))
+        return self._call_style[1]
 
     def runtime(self, **options) -> Runtime:
         """A Runtime (runtime.py) over this engine and style: submit()/map() with batching and

@@ -77,6 +77,12 @@ class ModelConfig:
         """H and W must be multiples of this for the skip sums to line up."""
         return 2 ** (self.n_downsample_global + self.enhancers)
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size a frame is synthesized at: each side rounded up to a multiple of the
+        stride (engines reflect-pad to it and crop the image back)."""
+        s = self.stride
+        return -(-height // s) * s, -(-width // s) * s
+
     @property
     def min_size(self) -> int:
         """The smallest height and width the generator takes: at the bottom of G1 each side must

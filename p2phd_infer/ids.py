@@ -3,9 +3,10 @@ Runtime's in-memory frames and the embedding API (as_ids, then check_maps).
 
 A label map holds class ids 0..label_nc-1; an instance map holds instance ids (Cityscapes:
 class*1000+k) that stay exact int32 end to end, never a float and never wrapped. A frame is
-refused, naming its source, when an id does not fit, when its size is not a multiple of the
-network's stride or below its minimum, when the two maps differ in size, or when it has more
-pixels than the limit (its one-hot alone would need gigabytes).
+refused, naming its source, when an id does not fit, when its size is below the network's
+minimum, when the two maps differ in size, or when it has more pixels than the limit (its one-hot
+alone would need gigabytes). Any size at or above the minimum is taken: engines pad it to the
+stride and crop the image back (Engine.synthesize).
 """
 from __future__ import annotations
 
@@ -62,20 +63,21 @@ def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig,
                inst_name: str | None = None, size: tuple[int, int] | None = None,
                max_pixels: int | None = None) -> None:
     """InputError naming `name` (or `inst_name` for the instance map) unless label [..,H,W] and
-    inst fit the model: size a multiple of the stride and at least the minimum, equal shapes,
-    label ids in range (on the host), and at most `max_pixels` pixels. `size`: the (H, W) an
-    engine was built for, if it was."""
+    inst fit the model: size at least the minimum, equal shapes, label ids in range (on the
+    host), and at most `max_pixels` pixels. `size`: the (H, W) an engine was built for, if it
+    was; the frame padded to the stride must have it."""
     H, W = label.shape[-2:]
     if max_pixels is not None and H * W > max_pixels:
         raise InputError(name, f"{W}x{H} is {H * W:,} pixels, above the limit of {max_pixels:,} "
                                f"(--max-pixels)")
-    m, s = cfg.min_size, cfg.stride
+    m = cfg.min_size
     if H < m or W < m:
         raise InputError(name, f"size {W}x{H} is below this model's minimum {m}x{m}")
-    if H % s or W % s:
-        raise InputError(name, f"size {W}x{H} is not a multiple of the model's stride {s}")
-    if size is not None and (H, W) != tuple(size):
-        raise InputError(name, f"size {W}x{H}: this engine was built for {size[1]}x{size[0]}")
+    if size is not None and cfg.padded_size(H, W) != tuple(size):
+        Hp, Wp = cfg.padded_size(H, W)
+        at = f" (padded to {Wp}x{Hp})" if (Hp, Wp) != (H, W) else ""
+        raise InputError(name, f"size {W}x{H}{at}: this engine was built for "
+                               f"{size[1]}x{size[0]}")
     if inst is not None and tuple(inst.shape) != tuple(label.shape):
         where = f" ({name})" if inst_name else ""
         raise InputError(inst_name or name, f"instance map size {inst.shape[-1]}x{inst.shape[-2]} "

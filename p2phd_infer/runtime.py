@@ -491,7 +491,7 @@ class Runtime:
 
     def _synthesize(self, label: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
         feat = self.style.feature_map(label, inst) if self.style is not None else None
-        image = self.engine(label, inst, feat)
+        image = self.engine.synthesize(label, inst, feat)
         B, _, H, W = label.shape
         if tuple(image.shape) != (B, 3, H, W):
             raise RuntimeError(f"the engine returned shape {tuple(image.shape)}, expected "

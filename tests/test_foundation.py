@@ -277,7 +277,7 @@ def test_run_bad_inputs_fail_alone(tmp_path, tiny_model):
     for g in good:
         write_pair(d, g, *random_scene(rng, 32, 32, 8))
     (d / "test_label" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    write_pair(d, "badsize", *random_scene(rng, 36, 32, 8))          # 36 is not a multiple of 8
+    write_pair(d, "badsize", *random_scene(rng, 12, 32, 8))          # below the minimum 16
     label, inst = random_scene(rng, 32, 32, 8)
     write_pair(d, "mismatch", label, inst[:16])                      # instance map of other size
     bad = label.copy()
@@ -289,8 +289,8 @@ def test_run_bad_inputs_fail_alone(tmp_path, tiny_model):
     assert code != 0
     lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(lines) == 5, out
-    expect = {"corrupt.png": "not a readable PNG", "badsize.png": "not a multiple of the model's stride 8",
-              "mismatch.png": "instance map is 32x16", "outofrange.png": "label id 9 out of range",
+    expect = {"corrupt.png": "not a readable PNG", "badsize.png": "size 32x12 is below this model's minimum 16x16",
+              "mismatch.png": "instance map size 32x16 differs from the label map's 32x32", "outofrange.png": "label id 9 out of range",
               "noinst.png": "no instance map found"}
     for name, fault in expect.items():
         assert any(name in ln and fault in ln for ln in lines), (name, out)

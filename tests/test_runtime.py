@@ -146,15 +146,15 @@ def test_corrupt_and_bad_inputs_fail_alone(tmp_path):
         bad_file = rt.submit(corrupt, paths[0][1], out=tmp_path / "out" / "corrupt.png")
         bad_dtype = rt.submit(np.zeros((4, 4), np.float32), np.zeros((4, 4), np.int32),
                               name="float-frame")
-        bad_size = rt.submit(*make_frame(9, 5, 4), name="odd-frame")
+        bad_size = rt.submit(*make_frame(9, 3, 4), name="small-frame")
         bad_range = rt.submit(np.full((4, 4), 256), np.zeros((4, 4), np.int32), name="ids")
         no_inst = rt.submit(make_frame(10)[0], name="lonely")
         with pytest.raises(InputError, match=r"corrupt_label\.png: not a readable PNG"):
             bad_file.result(timeout=30)
         with pytest.raises(InputError, match="float-frame: label map has dtype float32"):
             bad_dtype.result(timeout=30)
-        with pytest.raises(InputError, match="odd-frame: size 4x5 is not a multiple of the "
-                                             "model's stride 2"):
+        with pytest.raises(InputError, match="small-frame: size 4x3 is below this model's "
+                                             "minimum 4x4"):
             bad_size.result(timeout=30)
         with pytest.raises(InputError, match="ids: label id 256 out of range"):
             bad_range.result(timeout=30)
@@ -189,10 +189,10 @@ def test_engine_fault_fails_only_its_batch_and_the_runtime_goes_on():
 def test_map_raises_the_first_failure_in_order():
     engine = FakeEngine()
     with Runtime(engine) as rt:
-        it = rt.map([make_frame(0), (np.zeros((4, 5), np.int32), np.zeros((4, 5), np.int32)),
+        it = rt.map([make_frame(0), (np.zeros((3, 4), np.int32), np.zeros((3, 4), np.int32)),
                      make_frame(2)])
         assert image_id(next(it)) == 0
-        with pytest.raises(InputError, match="not a multiple"):
+        with pytest.raises(InputError, match="below this model's minimum"):
             next(it)
 
 

@@ -89,8 +89,9 @@ def test_bad_frames_are_refused_with_the_reason():
     label, inst = scene(np.random.default_rng(2))
     with pytest.raises(ValueError, match="dtype float32; ids must be integers"):
         p2p(label.astype(np.float32), inst)
-    with pytest.raises(ValueError, match="size 24x15 is not a multiple of the model's stride 4"):
-        p2p(label[:15], inst[:15])
+    with pytest.raises(ValueError, match="size 24x7 is below this model's minimum 8x8"):
+        p2p(label[:7], inst[:7])
+    assert p2p(label[:15], inst[:15]).shape == (15, 24, 3)     # any size above the minimum
     with pytest.raises(ValueError, match="label id 8 out of range"):
         p2p(np.full_like(label, 8), inst)
     with pytest.raises(ValueError, match="needs an instance map"):

@@ -153,6 +153,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+# --- frame sizes ----------------------------------------------------------------------------
+
+
+def _reflect_index(n: int, to: int, device) -> torch.Tensor:
+    # 0, 1, ..., n-1, then n-2, n-3, ...: reflection without repeating the edge, as
+    # torch.nn.functional.pad(mode="reflect"), but by indexing, so integer ids pad too.
+    i = torch.arange(to, device=device)
+    return torch.where(i < n, i, 2 * (n - 1) - i)
+
+
+def reflect_pad(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[..., H, W] -> [..., height, width], reflected on the right and bottom (any dtype; the
+    padding must be smaller than each side, which the network's minimum size guarantees)."""
+    H, W = t.shape[-2:]
+    if height - H >= H or width - W >= W:
+        raise EngineError("", f"a {W}x{H} frame cannot be reflect-padded to {width}x{height}")
+    rows = _reflect_index(H, height, t.device)
+    cols = _reflect_index(W, width, t.device)
+    return t.index_select(-2, rows).index_select(-1, cols)
+
+
 # --- the interface --------------------------------------------------------------------------
 
 
@@ -172,6 +193,19 @@ class Engine:
     def __call__(self, label: torch.Tensor, inst: torch.Tensor,
                  feat: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def synthesize(self, label: torch.Tensor, inst: torch.Tensor,
+                   feat: torch.Tensor | None = None) -> torch.Tensor:
+        """The network on a frame of any size at or above its minimum: label, inst (and feat)
+        are reflect-padded on the right and bottom to a multiple of the stride, synthesized,
+        and the image cropped back, so it stays pixel-aligned with the input. A frame already
+        at a multiple goes through unchanged."""
+        H, W = label.shape[-2:]
+        Hp, Wp = self.config.padded_size(H, W)
+        if (Hp, Wp) == (H, W):
+            return self(label, inst, feat)
+        pad = [reflect_pad(t, Hp, Wp) if t is not None else None for t in (label, inst, feat)]
+        return self(*pad)[..., :H, :W]
 
     def style(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
               style_inst: torch.Tensor) -> torch.Tensor:

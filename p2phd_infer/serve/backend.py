@@ -222,7 +222,7 @@ class Backend:
         inst_t = label_t if inst_t is None else inst_t.to(dev)
         try:
             with torch.inference_mode():
-                image = self.shared(label_t, inst_t, feat_t.to(dev))
+                image = self.shared.synthesize(label_t, inst_t, feat_t.to(dev))
                 if tuple(image.shape) != (B, 3, H, W):
                     raise RuntimeError(f"the engine returned shape {tuple(image.shape)}")
                 rgb = to_uint8(image).cpu().numpy()
