@@ -113,7 +113,7 @@ def test_export_errors_are_one_line(engines, tmp_path):
         (["--format", "aoti", "--out", tmp_path / "x.pt2", "--fp16", "--device", "cpu"],
          "built for CUDA"),
         (["--format", "aoti", "--out", tmp_path / "x.pt2", "--device", "gpu0"],
-         "expected auto, cpu, cuda"),
+         "is not a device (cpu, cuda, cuda:N or auto)"),
     ]
     for args, message in cases:
         code, text = cli("export", "--engine", model, "--height", 32, "--width", 64, *args)

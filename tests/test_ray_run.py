@@ -119,8 +119,8 @@ def test_ray_run_matches_local_run_bytes(cluster, data, tmp_path):
 
 def test_worker_killed_mid_run_still_gives_every_output_once(cluster, data, tmp_path):
     root, local = data
-    import cloudpickle
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])    # workers cannot import tests/
+    import ray.cloudpickle
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
     cluster.write_text("armed")      # the first worker to start a batch dies after its 1st write
     worker = type("Crashing", (CrashingWorker,), {"crash": str(cluster)})
     summary = run_on_ray(RunOptions(labels=str(root / "test_label"), out=str(tmp_path / "o"),
