@@ -85,10 +85,10 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
 
 def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
     """The cheap checks, before any slow work (and before the progress bar)."""
-    check_size(ckpt.config, height, width, graph)
     if graph == "style" and (ckpt.config.feat_num <= 0 or ckpt.encoder is None):
         raise OptionError("--graph", "style needs a model with an encoder (feat_num > 0 and "
                                      "encoder weights in the checkpoint)")
+    check_size(ckpt.config, height, width, graph)
     dev = resolve_device(device)
     if fmt == "aoti" and fp16 and dev.type != "cuda":
         raise OptionError("--fp16", "fp16 AOTInductor packages are built for CUDA (--device cuda)")

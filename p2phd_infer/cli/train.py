@@ -7,7 +7,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import Error
-from . import fail
+from .base import fail
 
 
 def _bounded(name: str) -> click.IntRange:
