@@ -226,3 +226,17 @@ def test_run_with_features_onnx_matches_model_pt(exported, tmp_path):
     for a, b in zip(images["pt"], images["onnx"]):
         assert a.shape == (H, W, 3) and np.abs(a - b).max() <= 1
     assert not np.array_equal(images["pt"][0], images["pt"][1])
+
+
+def test_export_style_graph_through_the_cli_with_its_check(tmp_path):
+    """`export --graph style` with the default --check: the written file, then its parity line,
+    exit 0 (the parity check once read an attribute the engine no longer had)."""
+    save_checkpoint(features_checkpoint(), tmp_path / "model.pt")
+    r = CliRunner().invoke(main, ["export", "--engine", str(tmp_path / "model.pt"), "--format",
+                                  "onnx", "--graph", "style", "--out", str(tmp_path / "s.onnx"),
+                                  "--height", str(H), "--width", str(W)])
+    assert r.exit_code == 0, r.output
+    assert "onnx style engine" in r.output and "parity against fp32 PyTorch" in r.output
+    max_abs = float(r.output.split("max abs diff ")[1].split(",")[0])
+    assert max_abs <= TOL
+    assert OnnxEngine(tmp_path / "s.onnx", "cpu").info.graph == "style"
