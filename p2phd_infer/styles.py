@@ -14,6 +14,16 @@ and fills its pixels with it; labels absent from the dictionary get zeros. Which
     mean feature of the same instance id; else, the mean over the photo's instances of the same
     label (each instance counted once, whatever its size); else the rule above.
 
+Per instance (the editor's choices; `style` entries starting with '#', or the `instances` and
+`copies` options), which win over all of the above:
+
+  - '#26001=3': instance 26001 takes centre 3 of its label (for ids >= 1000 the index is checked
+    against label id // 1000's clusters; below 1000 the label comes from the label map, so an
+    index past that label's count wraps, modulo k).
+  - '#26002=#26001': instance 26002 takes exactly the feature instance 26001 gets (its chosen or
+    seeded centre, or its photo feature), as if its pixels carried id 26001. Chains resolve to
+    their end; a cycle is an OptionError.
+
 The label of a target pixel is `id // 1000` for Cityscapes instance ids >= 1000, else the label
 map's value there. In the example photo there is no label map, so its instance ids carry the label
 (`id // 1000` for ids >= 1000, the id itself below), as Cityscapes instance maps do.
@@ -51,6 +61,70 @@ def instance_hash(seed: int, inst: torch.Tensor) -> torch.Tensor:
     """(seed, instance id) -> int64 in [0, 2**32), elementwise on inst's device."""
     s = mix32((int(seed) & _M32) ^ 0x5BD1E995)
     return mix32((inst.long() & _M32) ^ s)
+
+
+MAX_ID = 2**31 - 1
+
+
+def split_instance_style(style: str | None) -> tuple[str, dict[int, int], dict[int, int]]:
+    """'car=1,#26001=3,#26002=#26001' -> ('car=1', {26001: 3}, {26002: 26001}): the label entries
+    (for parse_style) and the per-instance ones. OptionError on a bad '#' entry."""
+    rest, instances, copies = [], {}, {}
+    for entry in (style or "").split(","):
+        entry = entry.strip()
+        if not entry.startswith("#"):
+            if entry:
+                rest.append(entry)
+            continue
+        key, sep, value = entry[1:].partition("=")
+        key, value = key.strip(), value.strip()
+        src = value[1:].strip() if value.startswith("#") else None
+        ok = sep and key.isdigit() and (src.isdigit() if src is not None else value.isdigit())
+        if not ok:
+            raise OptionError(f"--style entry {entry!r}: expected #INSTANCE=CLUSTER (e.g. "
+                              f"#26001=3) or #INSTANCE=#SOURCE (e.g. #26002=#26001)")
+        iid = int(key)
+        if iid > MAX_ID or int(src if src is not None else value) > MAX_ID:
+            raise OptionError(f"--style entry {entry!r}: instance ids and clusters fit int32")
+        if iid in instances or iid in copies:
+            raise OptionError(f"--style entry {entry!r}: instance {iid} is given twice")
+        if src is not None:
+            copies[iid] = int(src)
+        else:
+            instances[iid] = int(value)
+    return ",".join(rest), instances, copies
+
+
+def instance_style(instances: dict[int, int] | None = None,
+                   copies: dict[int, int] | None = None) -> str:
+    """The canonical '#id=k' / '#id=#src' style text of per-instance choices (sorted, so the
+    same choices always give the same text)."""
+    entries = [(int(i), f"#{int(i)}={int(k)}") for i, k in (instances or {}).items()]
+    entries += [(int(i), f"#{int(i)}=#{int(s)}") for i, s in (copies or {}).items()]
+    return ",".join(e for _, e in sorted(entries))
+
+
+def resolve_copies(copies: dict[int, int]) -> dict[int, int]:
+    """{target: source} -> {target: the end of its chain}; OptionError on a cycle."""
+    out = {}
+    for start in copies:
+        seen, node = [start], copies[start]
+        while node in copies:
+            if node in seen:
+                loop = " -> ".join(f"#{i}" for i in seen + [node])
+                raise OptionError(f"--style: instance style copies form a cycle ({loop})")
+            seen.append(node)
+            node = copies[node]
+        out[start] = node
+    return out
+
+
+def _lookup(ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids int64 (any shape), keys sorted int64 [N>=1], values [N] -> (values at ids, found), on
+    the device, without synchronising."""
+    pos = torch.searchsorted(keys, ids).clamp_max_(keys.numel() - 1)
+    return values[pos], keys[pos] == ids
 
 
 def parse_style(style: str, label_names: dict[int, str] | None = None
@@ -104,14 +178,23 @@ class StyleControl:
     def __init__(self, feat_num: int, features: dict[int, torch.Tensor] | None,
                  choice: dict[int, int] | None = None, seed: int = 0,
                  photo: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, *,
+                 instances: dict[int, int] | None = None, copies: dict[int, int] | None = None,
+                 label_names: dict[int, str] | None = None):
         """features: {label: [k, feat_num]} centres; choice: {label: fixed centre index} (already
-        checked); photo: (instance ids int64 [N], mean features [N, feat_num]) of a style photo."""
+        checked); photo: (instance ids int64 [N], mean features [N, feat_num]) of a style photo;
+        instances: {instance id: centre index}; copies: {instance id: instance id it copies}
+        (both checked here: OptionError)."""
         self.feat_num = feat_num
         self.seed = int(seed)
         self.device = _normalise(device)
         features = {int(k): torch.as_tensor(v, dtype=torch.float32) for k, v in
                     (features or {}).items() if len(v)}
+        # Kept so with_instances() can derive a control with other per-instance choices.
+        self._args = (features, dict(choice or {}), photo, label_names)
+        self.instances = {int(i): int(k) for i, k in (instances or {}).items()}
+        self.copies = {int(i): int(s) for i, s in (copies or {}).items()}
+        self._check_instances(features, label_names)
         if any(k < 0 for k in features):
             bad = sorted(k for k in features if k < 0)
             raise OptionError(f"feature dictionary: negative label ids {bad}")
@@ -141,20 +224,73 @@ class StyleControl:
             self._host.update(photo_ids=ids[None], photo_table=torch.cat([means, one], 1)[None],
                               photo_labels=ulab[None],
                               photo_label_table=torch.cat([lmean, one[: ulab.numel()]], 1)[None])
+        if self.copies:
+            roots = resolve_copies(self.copies)
+            src = torch.tensor(sorted(roots), dtype=torch.int64)
+            self._host.update(copy_ids=src,
+                              copy_roots=torch.tensor([roots[int(i)] for i in src]))
+        if self.instances:
+            ids = torch.tensor(sorted(self.instances), dtype=torch.int64)
+            self._host.update(inst_ids=ids,
+                              inst_pick=torch.tensor([self.instances[int(i)] for i in ids]))
         self._tables: dict[torch.device, dict] = {}
         self._tables_for(self.device)
+
+    def _check_instances(self, features: dict[int, torch.Tensor],
+                         names: dict[int, str] | None) -> None:
+        for iid, src in self.copies.items():
+            if not (0 <= iid <= MAX_ID and 0 <= src <= MAX_ID):
+                raise OptionError(f"--style '#{iid}=#{src}': instance ids are 0..{MAX_ID}")
+            if iid == src:
+                raise OptionError(f"--style '#{iid}=#{src}': an instance cannot copy itself")
+            if iid in self.instances:
+                raise OptionError(f"--style: instance {iid} has both a cluster and a copy")
+        if not self.instances:
+            return
+        if not features:
+            raise OptionError("--style '#...': this model has no feature dictionary (run "
+                              "`p2phd-infer features` or import one)")
+        K = max(v.shape[0] for v in features.values())
+        for iid, index in self.instances.items():
+            if not 0 <= iid <= MAX_ID:
+                raise OptionError(f"--style '#{iid}={index}': instance ids are 0..{MAX_ID}")
+            if iid >= 1000:
+                label = iid // 1000
+                if label not in features:
+                    raise OptionError(f"--style '#{iid}={index}': label {_name(label, names)} "
+                                      f"has no feature clusters in this model")
+                k = features[label].shape[0]
+                if not 0 <= index < k:
+                    raise OptionError(f"--style '#{iid}={index}': cluster {index} is out of range "
+                                      f"for label {_name(label, names)}: valid {_range(k)}")
+            elif not 0 <= index < K:
+                raise OptionError(f"--style '#{iid}={index}': cluster {index} is out of range: "
+                                  f"valid {_range(K)}")
+
+    def with_instances(self, instances: dict[int, int] | None = None,
+                       copies: dict[int, int] | None = None) -> "StyleControl":
+        """The same control (dictionary, label choices, seed, photo, device) with these
+        per-instance choices instead of its own."""
+        features, choice, photo, names = self._args
+        return StyleControl(self.feat_num, features, choice, self.seed, photo, self.device,
+                            instances=instances, copies=copies, label_names=names)
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_options(cls, info, style: str | None = None, seed: int = 0,
                      style_image: Path | None = None, style_inst: Path | None = None,
-                     encoder=None, device=None) -> "StyleControl":
+                     encoder=None, device=None, instances: dict[int, int] | None = None,
+                     copies: dict[int, int] | None = None) -> "StyleControl":
         """info: EngineInfo (.config, .features, .label_names). ValueError for a model without
-        features, an unknown label, a cluster index out of range, or a bad style photo."""
+        features, an unknown label, a cluster index out of range, or a bad style photo.
+        instances/copies: per-instance choices, merged over the style's '#' entries."""
         cfg = info.config
+        style, own_instances, own_copies = split_instance_style(style)
+        instances = {**own_instances, **(instances or {})}
+        copies = {**own_copies, **(copies or {})}
         if cfg.feat_num <= 0:
-            if style or style_image:
+            if style or style_image or instances or copies:
                 raise OptionError("this model takes no instance features (feat_num 0); --style and "
                                  "--style-image need a model trained with features")
             return cls(0, None, device=device)
@@ -171,7 +307,8 @@ class StyleControl:
         photo = None
         if style_image is not None:
             photo = photo_instance_means(info, style_image, style_inst, encoder)
-        return cls(cfg.feat_num, features, choice, seed, photo, device)
+        return cls(cfg.feat_num, features, choice, seed, photo, device, instances=instances,
+                   copies=copies, label_names=names)
 
     @classmethod
     def for_engine(cls, engine, style: str | None = None, seed: int = 0,
@@ -232,7 +369,15 @@ class StyleControl:
         if self.feat_num == 0:
             return torch.zeros(B, 0, H, W, device=inst.device)
         ids = inst.long()
+        copied = None
+        if "copy_ids" in t:
+            # A copying instance's pixels are looked up as its source's: same label, same hash,
+            # same choice, same photo feature.
+            root, copied = _lookup(ids, t["copy_ids"], t["copy_roots"])
+            ids = torch.where(copied, root, ids)
         lab = torch.where(ids >= 1000, torch.div(ids, 1000, rounding_mode="floor"), label.long())
+        if copied is not None:
+            lab = torch.where(copied & (ids < 1000), ids, lab)
         L = t["counts"].shape[0]
         inside = (lab >= 0) & (lab < L)
         labc = lab.clamp(0, L - 1)
@@ -240,18 +385,24 @@ class StyleControl:
         random = instance_hash(self.seed, ids) % k.clamp_min(1)
         fixed = t["fixed"][labc]
         pick = torch.where(fixed >= 0, fixed, random)
+        chosen = None
+        if "inst_ids" in t:
+            index, chosen = _lookup(ids, t["inst_ids"], t["inst_pick"])
+            pick = torch.where(chosen, index % k.clamp_min(1), pick)
         feat = torch.nn.functional.embedding(labc * t["K"] + pick, t["centres"])  # [B,1,H,W,F]
         feat = feat.squeeze(1).permute(0, 3, 1, 2) * (k > 0)
         if "photo_ids" in t:
             # The same instance id in the photo, else the photo's mean over the same label: sorted
             # lookups per pixel (the feature_scatter kernel), no synchronisation.
             F = self.feat_num
-            by_id = feature_scatter(inst, t["photo_ids"].expand(B, -1),
+            by_id = feature_scatter(ids.to(inst.dtype), t["photo_ids"].expand(B, -1),
                                     t["photo_table"].expand(B, -1, -1))
             by_lab = feature_scatter(lab, t["photo_labels"].expand(B, -1),
                                      t["photo_label_table"].expand(B, -1, -1))
-            feat = torch.where(by_id[:, F:] > 0, by_id[:, :F],
-                               torch.where(by_lab[:, F:] > 0, by_lab[:, :F], feat))
+            photo = torch.where(by_id[:, F:] > 0, by_id[:, :F],
+                                torch.where(by_lab[:, F:] > 0, by_lab[:, :F], feat))
+            # An instance's own cluster choice wins over the photo.
+            feat = photo if chosen is None else torch.where(chosen, feat, photo)
         return feat.contiguous()
 
 

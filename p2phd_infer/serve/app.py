@@ -6,6 +6,7 @@ endpoint for people, Prometheus metrics.
     POST /v2/models/{name}[/versions/1]/infer            JSON tensors or the binary extension
     POST /v1/synthesize                                  multipart label PNG [+ inst PNG] -> image
     GET  /metrics                                        Prometheus text format
+    GET  /, /static/*, /editor/*                         the editor (editor.py; with editor=True)
 
 Every frame goes through a Runtime (runtime.py) via backend.Backend, so frames of concurrent
 requests batch together; the handler awaits the Runtime's Future (asyncio.wrap_future) and never
@@ -68,9 +69,11 @@ def _one_line(e: BaseException) -> str:
 def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int = 1,
                max_delay_us: int = 0, max_queue: int = 64, max_body_bytes: int = 64 << 20,
                max_pixels: int | None = DEFAULT_MAX_PIXELS, style_cache: int = 4,
-               jpeg_quality: int = 95, decode_workers: int | None = None) -> Starlette:
+               jpeg_quality: int = 95, decode_workers: int | None = None,
+               editor: bool = False, samples: list | None = None) -> Starlette:
     """The app over `engine`. Its Runtimes start with the app (lifespan startup) and are closed,
-    after every admitted frame is answered, at shutdown."""
+    after every admitted frame is answered, at shutdown. editor: also serve the editor page at /
+    (editor.py), with `samples` (editor.Sample) to load."""
     cfg = engine.config
     info = engine.info
     state: dict = {}
@@ -326,6 +329,11 @@ def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int
         Route("/v1/synthesize", synthesize, methods=["POST"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
+    if editor:
+        from .editor import editor_routes
+        routes += editor_routes(engine, backend, endpoint, read_body, samples or [],
+                                max_pixels=max_pixels, frames_done=metrics.frames_done,
+                                parse_form=_parse_form)
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
     app.state.metrics = metrics

@@ -1,0 +1,325 @@
+"""The editor: the paper's semantic manipulation page (static/) and the endpoints it uses, mounted
+into the serve app (app.py, `create_app(editor=True)`; `p2phd-infer edit`).
+
+    GET  /                                  the page (static/index.html)
+    GET  /static/...                        its script and style sheet
+    GET  /editor/info                       model, classes (names, colours, cluster counts), samples
+    GET  /editor/samples/{name}             a sample's maps                       -> raw maps
+    POST /editor/decode                     multipart label PNG [+ inst PNG]      -> raw maps
+    POST /editor/render?width=&height=&style=&seed=     raw maps              -> image PNG
+    POST /editor/swatches?width=&height=&id=&style=&seed=   raw maps   -> PNG strip, one crop
+                                                                          per cluster of id's label
+    POST /editor/png?width=&height=&map=label|inst      raw map            -> id map PNG
+
+Raw maps, both ways: little-endian int32, row-major; the label map then (for two maps) the
+instance map, width x height each (responses say the size in X-Width / X-Height). The page keeps
+the maps as Int32Arrays and sends exactly those bytes: no JSON arrays, and ids stay exact (a
+browser's canvas decodes PNGs to 8 bits per channel, so the server decodes and encodes id PNGs).
+
+Per-instance styles travel in `style` as '#26001=3' (cluster) and '#26002=#26001' (copy) entries
+(styles.py), so every render is a frame of a Runtime of the server's Backend and batches with
+other requests of the same style, as /v1/synthesize's frames do.
+
+Swatches: the instance's neighbourhood (its box, enlarged, a multiple of the stride) is rendered
+once per cluster. In crop j the instance carries a fresh id of the same label with '#fresh=j', so
+all K crops share one style, one Runtime, and batch together; an id change keeps the instance's
+edges (they depend only on where ids differ), so each crop is the instance with cluster j.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..engines import MAX_INSTANCE_ID, Engine
+from ..errors import InputError, OptionError
+from ..image_io import encode_image, read_id_png
+from ..labels import CITYSCAPES_LABELS
+from ..styles import instance_style, split_instance_style
+
+STATIC = Path(__file__).resolve().parent / "static"
+# Cityscapes classes with instances (hasInstances in the official label table): person .. bicycle.
+CITYSCAPES_THINGS = frozenset(range(24, 34))
+SWATCH_MIN = 64                 # smallest swatch crop side, pixels (before rounding to the stride)
+# Largest: a big region (the road) is previewed through a window, so K swatches cost about one
+# 512x256 frame, not K.
+SWATCH_MAX = 128
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A label/instance map pair the page can load by name."""
+    name: str
+    label: Path
+    inst: Path | None = None
+
+
+def demo_samples() -> list[Sample]:
+    """The bundled demo maps (assets/demo/labels, assets/demo/instances)."""
+    root = Path(__file__).resolve().parent.parent / "assets" / "demo"
+    out = []
+    for label in sorted((root / "labels").glob("*.png")):
+        inst = root / "instances" / label.name
+        out.append(Sample(label.stem, label, inst if inst.is_file() else None))
+    return out
+
+
+def class_table(engine: Engine) -> list[dict]:
+    """One entry per label id: name, colour, cluster count, whether it takes instances."""
+    info = engine.info
+    names = info.label_names
+    features = info.features or {}
+    out = []
+    for i in range(engine.config.label_nc):
+        city = CITYSCAPES_LABELS.get(i)
+        name = (names or {}).get(i) or (city[0] if city and names is None else str(i))
+        # Cityscapes colours where the model's names are Cityscapes' (or it has none).
+        if city is not None and name == city[0]:
+            colour, thing = list(city[1]), i in CITYSCAPES_THINGS
+        else:
+            colour, thing = _colour(i), True
+        k = int(features[i].shape[0]) if i in features else 0
+        out.append({"id": i, "name": name, "colour": colour, "clusters": k,
+                    # Object ids are label*1000+k; they must fit a 16-bit instance PNG.
+                    "thing": thing and i * 1000 + 999 <= MAX_INSTANCE_ID})
+    return out
+
+
+def _colour(i: int) -> list[int]:
+    """A fixed, well-spread colour for a label without a Cityscapes colour (golden-angle hues)."""
+    import colorsys
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.55 + 0.4 * (i % 2))
+    return [round(r * 255), round(g * 255), round(b * 255)]
+
+
+def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sample], *,
+                  max_pixels: int | None, frames_done, parse_form) -> list:
+    """Routes for app.py: `backend()` gives the Backend, `endpoint(name)` wraps a handler (errors
+    -> one-line JSON with its status, metrics), `read_body` reads a size-checked body and
+    `parse_form(request, body, limit)` parses it as a multipart form; `frames_done(n)` counts
+    rendered frames."""
+    cfg = engine.config
+    info = engine.info
+    by_name = {s.name: s for s in samples}
+    classes = class_table(engine)
+    clusters = {c["id"]: c["clusters"] for c in classes}
+
+    def size_of(request: Request) -> tuple[int, int]:
+        q = request.query_params
+        try:
+            W, H = int(q.get("width", "")), int(q.get("height", ""))
+        except ValueError:
+            raise OptionError("width/height", "query parameters width and height (pixels) are "
+                                              "required integers") from None
+        if W < 1 or H < 1:
+            raise OptionError("width/height", f"{W}x{H} is not a frame size")
+        if max_pixels is not None and W * H > max_pixels:
+            raise InputError("maps", f"{W}x{H} is {W * H:,} pixels, above the limit of "
+                                     f"{max_pixels:,} (--max-pixels)")
+        return H, W
+
+    async def raw_maps(request: Request, count: int) -> tuple[np.ndarray, ...]:
+        H, W = size_of(request)
+        body = await read_body(request)
+        need = count * H * W * 4
+        if len(body) != need:
+            what = "label and instance maps" if count == 2 else "map"
+            raise InputError("body", f"{len(body):,} bytes; {W}x{H} {what} as little-endian "
+                                     f"int32 are {need:,} bytes")
+        a = np.frombuffer(body, dtype="<i4").astype(np.int32).reshape(count, H, W)
+        return tuple(a)
+
+    def style_of(request: Request) -> tuple[str | None, str]:
+        q = request.query_params
+        return q.get("style") or None, q.get("seed") or "0"
+
+    def maps_response(label: np.ndarray, inst: np.ndarray) -> Response:
+        H, W = label.shape
+        body = np.ascontiguousarray(np.stack([label, inst]), dtype="<i4").tobytes()
+        return Response(body, media_type="application/octet-stream",
+                        headers={"X-Width": str(W), "X-Height": str(H)})
+
+    def load(label_src, inst_src, label_name: str, inst_name: str):
+        label = read_id_png(label_src, max_pixels, name=label_name)
+        if inst_src is None:
+            # No instance map: every class is one region (the Cityscapes stuff convention).
+            inst = label.copy()
+        else:
+            inst = read_id_png(inst_src, max_pixels, name=inst_name)
+            if inst.shape != label.shape:
+                raise InputError(inst_name, f"size {inst.shape[1]}x{inst.shape[0]} differs from "
+                                            f"the label map's {label.shape[1]}x{label.shape[0]}")
+        return label, inst
+
+    async def render(label, inst, style, seed) -> list[np.ndarray]:
+        frames = [(label, inst)] if not isinstance(label, list) else list(zip(label, inst))
+        futures = backend().submit(frames, style, seed, ["maps"] * len(frames))
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        frames_done(len(results))
+        return results
+
+    # ------------------------------------------------------------------ handlers
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @endpoint("editor")
+    async def editor_info(request: Request) -> Response:
+        return JSONResponse({
+            "engine": str(getattr(engine, "path", None) or engine.name),
+            "backend": info.backend, "device": str(engine.device),
+            "size": list(info.size) if info.size is not None else None,
+            "label_nc": cfg.label_nc, "stride": cfg.stride, "min_size": cfg.min_size,
+            "feat_num": cfg.feat_num, "needs_instance_map": cfg.needs_instance_map,
+            "max_instance_id": MAX_INSTANCE_ID, "classes": classes,
+            "samples": [s.name for s in samples]})
+
+    @endpoint("editor")
+    async def sample(request: Request) -> Response:
+        name = request.path_params["name"]
+        s = by_name.get(name)
+        if s is None:
+            raise InputError(name, f"no such sample (samples: {', '.join(by_name) or 'none'})")
+        label, inst = await asyncio.to_thread(load, s.label, s.inst, str(s.label), str(s.inst))
+        return maps_response(label, inst)
+
+    @endpoint("editor")
+    async def decode(request: Request) -> Response:
+        body = await read_body(request)
+        form = await parse_form(request, body, len(body) + 1)
+        try:
+            up_label, up_inst = form.get("label"), form.get("inst")
+            if up_label is None or isinstance(up_label, str):
+                raise InputError("label", "choose a label map PNG")
+            if isinstance(up_inst, str):
+                raise InputError("inst", "must be a file (the instance map PNG)")
+            label_name = up_label.filename or "label"
+            label_bytes = await up_label.read()
+            inst_name = (up_inst.filename or "inst") if up_inst is not None else "inst"
+            inst_bytes = await up_inst.read() if up_inst is not None else None
+        finally:
+            await form.close()
+        label, inst = await asyncio.to_thread(load, label_bytes, inst_bytes, label_name,
+                                              inst_name)
+        return maps_response(label, inst)
+
+    @endpoint("editor")
+    async def render_image(request: Request) -> Response:
+        label, inst = await raw_maps(request, 2)
+        style, seed = style_of(request)
+        import time
+        t0 = time.perf_counter()
+        rgb = (await render(label, inst, style, seed))[0]
+        ms = (time.perf_counter() - t0) * 1000
+        data = await asyncio.to_thread(encode_image, rgb, "png")
+        return Response(data, media_type="image/png", headers={"X-Render-Ms": f"{ms:.0f}"})
+
+    @endpoint("editor")
+    async def swatches(request: Request) -> Response:
+        label, inst = await raw_maps(request, 2)
+        style, seed = style_of(request)
+        try:
+            iid = int(request.query_params.get("id", ""))
+        except ValueError:
+            raise OptionError("id", "the instance id (query parameter id) is a required "
+                                    "integer") from None
+        crop, box, fresh, k = swatch_frames(label, inst, iid, style)
+        lab_c, inst_c = crop
+        rest, own, copies = split_instance_style(style)
+        for v in fresh:
+            own.pop(v, None)
+        frames_l, frames_i, entries = [], [], []
+        for j, v in enumerate(fresh):
+            frame = inst_c.copy()
+            frame[inst_c == iid] = v
+            frames_l.append(lab_c)
+            frames_i.append(frame)
+            own[v] = j
+        text = ",".join(t for t in (rest, instance_style(own, copies)) if t)
+        images = await render(frames_l, frames_i, text, seed)
+        strip = np.concatenate(images, axis=1)
+        data = await asyncio.to_thread(encode_image, strip, "png")
+        x, y, w, h = box
+        return Response(data, media_type="image/png", headers={
+            "X-Clusters": str(k), "X-Box": f"{x},{y},{w},{h}"})
+
+    def swatch_frames(label: np.ndarray, inst: np.ndarray, iid: int, style: str | None):
+        H, W = label.shape
+        where = inst == iid
+        if not where.any():
+            raise InputError("id", f"instance {iid} is not in the instance map")
+        ys, xs = np.nonzero(where)
+        lab = iid // 1000 if iid >= 1000 else int(label[ys[0], xs[0]])
+        k = clusters.get(lab, 0)
+        if k == 0:
+            name = classes[lab]["name"] if 0 <= lab < len(classes) else str(lab)
+            raise InputError("id", f"instance {iid}: label {name!r} ({lab}) has no feature "
+                                   f"clusters in this model")
+        s = cfg.stride
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+        def side(extent: int, full: int) -> int:
+            want = max(SWATCH_MIN, cfg.min_size, min(SWATCH_MAX, int(extent * 1.5)))
+            return min(full, -(-want // s) * s)
+
+        h, w = side(y1 - y0, H), side(x1 - x0, W)
+        # Centred on the instance's pixel nearest its box's centre (a window onto a big or
+        # concave region still shows it).
+        d = (2 * ys - (y0 + y1)) ** 2 + (2 * xs - (x0 + x1)) ** 2
+        cy, cx = int(ys[d.argmin()]), int(xs[d.argmin()])
+        top = min(max(0, cy - h // 2), H - h)
+        left = min(max(0, cx - w // 2), W - w)
+        lab_c = label[top:top + h, left:left + w]
+        inst_c = inst[top:top + h, left:left + w]
+        # Fresh ids of the same label: absent from the crop and from the style's entries (an
+        # entry could name one as a copy source).
+        _, own, copies = split_instance_style(style)
+        taken = set(np.unique(inst_c).tolist()) | set(own) | set(copies) | set(copies.values())
+        base = lab * 1000 if iid >= 1000 else 0
+        fresh = [v for v in range(base, base + 1000) if v not in taken and v != iid][:k]
+        if len(fresh) < k:
+            raise InputError("id", f"instance {iid}: no free ids left for its swatches")
+        return (lab_c, inst_c), (left, top, w, h), fresh, k
+
+    @endpoint("editor")
+    async def id_png(request: Request) -> Response:
+        which = request.query_params.get("map", "")
+        if which not in ("label", "inst"):
+            raise OptionError("map", f"{which!r}: label or inst")
+        (ids,) = await raw_maps(request, 1)
+        lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise InputError(which, f"id {lo if lo < 0 else hi} does not fit a 16-bit PNG")
+
+        def encode() -> bytes:
+            # Labels below 256 as 8-bit (what datasets ship), instances always 16-bit
+            # (Cityscapes *_instanceIds.png).
+            a = ids.astype(np.uint8) if which == "label" and hi < 256 else ids.astype(np.uint16)
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG", compress_level=1)
+            return buf.getvalue()
+
+        return Response(await asyncio.to_thread(encode), media_type="image/png")
+
+    return [
+        Route("/", page, methods=["GET"]),
+        Route("/editor/info", editor_info, methods=["GET"]),
+        Route("/editor/samples/{name}", sample, methods=["GET"]),
+        Route("/editor/decode", decode, methods=["POST"]),
+        Route("/editor/render", render_image, methods=["POST"]),
+        Route("/editor/swatches", swatches, methods=["POST"]),
+        Route("/editor/png", id_png, methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
