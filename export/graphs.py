@@ -30,10 +30,20 @@ from p2phd_infer.networks import downsample_2x
 from p2phd_infer.synthesizer import Synthesizer
 
 
+def size_multiple(cfg, graph: str = "generator") -> int:
+    """What H and W of the graph must be multiples of: the generator's stride, and for the style
+    graph also the encoder's (E runs on the photo)."""
+    return max(cfg.stride, encoder_multiple(cfg)) if graph == "style" else cfg.stride
+
+
 def check_size(cfg, height: int, width: int, graph: str = "generator") -> None:
     """OptionError unless the frame size fits the generator (and, for the style graph, E):
     checked before anything is traced, so a size the network cannot take is refused in one line
-    instead of failing deep inside torch.export."""
+    instead of failing deep inside torch.export. Also refuses a label_nc 0 model (an RGB input
+    image): the exported graphs take label ids."""
+    if cfg.label_nc == 0:
+        raise OptionError("--engine", "a label_nc 0 model (RGB input images) is not exported yet: "
+                                      "`run --engine model.pt` runs it on PyTorch")
     m, least = cfg.stride, cfg.min_size
     if graph == "style":
         m, least = max(m, encoder_multiple(cfg)), max(least, cfg.encoder_min_size)
@@ -45,9 +55,14 @@ def check_size(cfg, height: int, width: int, graph: str = "generator") -> None:
                                               f"multiples of {m} for this model's {graph} graph")
 
 
-def table_size(num_pixels: int) -> int:
+def table_size(num_pixels):
     # At least one slot per possible id; and no smaller than the number of pixels, because
     # TensorRT's ScatterElements importer asserts every indices dimension <= the data dimension.
+    # sym_max: in a dynamic-size export num_pixels is symbolic, and this stays one expression
+    # (an ONNX Max) instead of a guard on the traced size. Anything else (an int in eager mode,
+    # a traced size tensor under TorchScript tracing for OpenVINO) takes Python's max.
+    if isinstance(num_pixels, torch.SymInt):
+        return torch.sym_max(MAX_INSTANCE_ID + 1, num_pixels)
     return max(MAX_INSTANCE_ID + 1, num_pixels)
 
 
@@ -220,6 +235,9 @@ def build_graph(ckpt, graph: str = "generator", device: torch.device | str = "cp
 def engine_info(ckpt, height: int, width: int, max_batch: int, precision: str, graph: str,
                 backend: str, **extra) -> EngineInfo:
     """The EngineInfo an exported engine carries, from its checkpoint and build settings."""
+    colors = ckpt.extra.get("label_colors")
+    if colors:          # for run --label-format color and --save-comparison (palette.py)
+        extra["label_colors"] = {str(int(k)): [int(c) for c in v] for k, v in colors.items()}
     return EngineInfo(ckpt.config, ckpt.features, ckpt.label_names, size=(height, width),
                       max_batch=max_batch, precision=precision, graph=graph, backend=backend,
                       extra=extra)

@@ -17,10 +17,12 @@ def run_engine(engine, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_engine(engine, ckpt: Checkpoint, batch: int = 1, seed: int = 0) -> dict:
-    """{max_abs, psnr_db} of `engine` against the fp32 PyTorch graph it was exported from."""
+def check_engine(engine, ckpt: Checkpoint, batch: int = 1, seed: int = 0,
+                 size: tuple[int, int] | None = None) -> dict:
+    """{max_abs, psnr_db} of `engine` against the fp32 PyTorch graph it was exported from, at
+    `size` (H, W) (default: the engine's fixed size; needed for a dynamic-size engine)."""
     graph = engine.info.graph
-    H, W = engine.info.size
+    H, W = size or engine.info.size
     reference = build_graph(ckpt, graph, engine.device)
     g = torch.Generator().manual_seed(seed)
     names = reference.input_names

@@ -14,7 +14,11 @@
   (check_types) before the build, so a graph typed otherwise is refused, not built slowly.
 - Native InstanceNormalization (the parser flag NATIVE_INSTANCENORM, where the parser has it)
   rather than the plugin.
-- One optimisation profile, batch 1..max (opt = max), H and W fixed at the exported size.
+- One optimisation profile, batch 1..max (opt = max); H and W fixed at the exported size, or,
+  for a graph exported with dynamic H and W (export --dynamic-size), min/opt/max sizes from
+  `--min-size/--opt-size/--max-size` (profile_sizes). TensorRT sizes its activation memory for
+  the profile's max, so max defaults to the opt size (the traced --height/--width), not to the
+  graph's own bound (8192 a side).
 - A timing cache file reused across builds (loaded if present, saved after).
 - The plan is written atomically, with the engine metadata in the sidecar `<plan>.json`.
 
@@ -31,7 +35,7 @@ import torch
 
 from p2phd_infer.engines.base import METADATA_KEY, info_from_json, info_to_json, sidecar_path
 from p2phd_infer.engines.tensorrt import import_tensorrt, tensorrt_major, trt_logger
-from p2phd_infer.errors import EngineError, MissingDependency
+from p2phd_infer.errors import EngineError, MissingDependency, OptionError
 from p2phd_infer.files import write_atomic
 
 from .onnx_export import INSTANCE_SUM
@@ -90,10 +94,47 @@ def check_types(trt, network, precision: str, where) -> dict[str, int]:
     return counts
 
 
+Size = tuple[int, int]          # (H, W)
+
+
+def profile_sizes(info, min_size: Size | None = None, opt_size: Size | None = None,
+                  max_size: Size | None = None) -> tuple[Size, Size, Size]:
+    """(min, opt, max) frame sizes (H, W) of the optimisation profile. A fixed-size graph: its
+    size, three times (other sizes are refused). A dynamic-size graph (info.size None, extra
+    "dynamic_size"): min defaults to the graph's minimum, opt to the size it was traced at, max
+    to opt; each a multiple of the graph's multiple, within its bounds, min <= opt <= max."""
+    given = {"--min-size": min_size, "--opt-size": opt_size, "--max-size": max_size}
+    if info.size is not None:
+        size = tuple(info.size)
+        for option, value in given.items():
+            if value is not None and tuple(value) != size:
+                raise OptionError(option, f"this graph was exported for {size[1]}x{size[0]} only;"
+                                          f" export it with --dynamic-size for a size range")
+        return size, size, size
+    spec = info.extra.get("dynamic_size")
+    if not spec:
+        raise EngineError("", "the graph's metadata names neither a size nor a dynamic range")
+    m, lo_bound, hi_bound = int(spec["multiple"]), tuple(spec["min"]), tuple(spec["max"])
+    opt = tuple(opt_size or spec.get("traced") or lo_bound)
+    lo = tuple(min_size or lo_bound)
+    hi = tuple(max_size or opt)
+    for option, (h, w) in (("--min-size", lo), ("--opt-size", opt), ("--max-size", hi)):
+        if h % m or w % m:
+            raise OptionError(option, f"{w}x{h}: width and height must be multiples of {m}")
+        if not (lo_bound[0] <= h <= hi_bound[0] and lo_bound[1] <= w <= hi_bound[1]):
+            raise OptionError(option, f"{w}x{h} is outside the graph's sizes "
+                                      f"{lo_bound[1]}x{lo_bound[0]}..{hi_bound[1]}x{hi_bound[0]}")
+    if not (lo[0] <= opt[0] <= hi[0] and lo[1] <= opt[1] <= hi[1]):
+        raise OptionError("--opt-size", f"need min <= opt <= max in both sides: "
+                                        f"{lo[1]}x{lo[0]}, {opt[1]}x{opt[0]}, {hi[1]}x{hi[0]}")
+    return lo, opt, hi
+
+
 def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch: int | None = None,
                    fp16: bool | None = None, timing_cache: str | os.PathLike | None = None,
                    workspace_gib: float | None = None, device: str | torch.device = "cuda",
-                   log=print) -> Path:
+                   log=print, min_size: Size | None = None, opt_size: Size | None = None,
+                   max_size: Size | None = None) -> Path:
     """Build `out` (.plan) from an ONNX file exported by export_onnx; write `out`.json beside it.
 
     The plan's precision is the graph's (its metadata says which); `fp16` True or False, when
@@ -115,30 +156,39 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
         raise EngineError(onnx_path, f"an {precision} graph, and an {asked} plan was asked for: "
                                      f"TensorRT builds strongly typed, in the graph's types; "
                                      f"export it with export_onnx(..., precision={asked!r})")
+    sizes = profile_sizes(info, min_size, opt_size, max_size)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise MissingDependency("--device", "building a TensorRT engine needs a CUDA GPU")
     max_batch = int(max_batch or info.max_batch or 1)
     with torch.cuda.device(device):
         torch.empty(1, device=device)            # build inside torch's (primary) CUDA context
-        plan = build_plan(trt, onnx_path, precision, info.size, max_batch,
+        plan = build_plan(trt, onnx_path, precision, sizes, max_batch,
                           Path(timing_cache) if timing_cache else default_timing_cache(),
                           workspace_gib, log)
         gpu = torch.cuda.get_device_name(device)
     info.max_batch = max_batch
     info.backend = "tensorrt"
     info.extra.update(tensorrt=trt.__version__, typing="strong", gpu=gpu)
+    if info.size is None:        # the plan takes the profile's sizes, not the graph's range
+        info.extra["dynamic_size"] = dict(info.extra["dynamic_size"], min=list(sizes[0]),
+                                          max=list(sizes[2]))
+        info.extra["profile"] = {"min": list(sizes[0]), "opt": list(sizes[1]),
+                                 "max": list(sizes[2])}
     # Sidecar first: a plan without its metadata is refused at load, never half-described.
     write_atomic(sidecar_path(out), info_to_json(info))
     write_atomic(out, plan)
     return out
 
 
-def build_plan(trt, onnx_path: Path, precision: str, size: tuple[int, int], max_batch: int,
+def build_plan(trt, onnx_path: Path, precision: str, sizes, max_batch: int,
                cache_path: Path, workspace_gib: float | None = None, log=print) -> bytes:
     """The serialized plan of a strongly typed build of `onnx_path` (in the current CUDA
-    context); the timing cache at `cache_path` is read if present and written after."""
-    H, W = size
+    context); the timing cache at `cache_path` is read if present and written after. sizes:
+    one (H, W) for a fixed-size graph, or (min, opt, max) sizes (profile_sizes)."""
+    if isinstance(sizes[0], int):
+        sizes = (tuple(sizes),) * 3
+    (h0, w0), (H, W), (h1, w1) = sizes
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -158,11 +208,13 @@ def build_plan(trt, onnx_path: Path, precision: str, size: tuple[int, int], max_
     for i in range(network.num_inputs):
         t = network.get_input(i)
         c = t.shape[1]
-        profile.set_shape(t.name, (1, c, H, W), (max_batch, c, H, W), (max_batch, c, H, W))
+        profile.set_shape(t.name, (1, c, h0, w0), (max_batch, c, H, W), (max_batch, c, h1, w1))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    log(f"building TensorRT {trt.__version__} engine for {W}x{H}, batch 1..{max_batch} "
+    what = f"{W}x{H}" if (h0, w0, h1, w1) == (H, W, H, W) else \
+        f"{w0}x{h0}..{w1}x{h1} (opt {W}x{H})"
+    log(f"building TensorRT {trt.__version__} engine for {what}, batch 1..{max_batch} "
         f"(minutes at 2048x1024)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:

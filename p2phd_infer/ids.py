@@ -15,7 +15,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import InputError
-from .image_io import read_id_png
+from .image_io import read_id_png, read_label_png, read_rgb
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 
@@ -78,21 +78,40 @@ def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig,
         at = f" (padded to {Wp}x{Hp})" if (Hp, Wp) != (H, W) else ""
         raise InputError(name, f"size {W}x{H}{at}: this engine was built for "
                                f"{size[1]}x{size[0]}")
-    if inst is not None and tuple(inst.shape) != tuple(label.shape):
+    rgb_input = cfg.label_nc == 0
+    if rgb_input and (not label.is_floating_point() and label.dtype != torch.uint8
+                      or label.dim() < 3 or label.shape[-3] != 3):
+        raise InputError(name, f"a label_nc 0 model takes an RGB input image [3,H,W], not a "
+                               f"{label.dtype} map of shape {tuple(label.shape)}")
+    if inst is not None and (tuple(inst.shape[-2:]) != (H, W) if rgb_input else
+                             tuple(inst.shape) != tuple(label.shape)):
         where = f" ({name})" if inst_name else ""
         raise InputError(inst_name or name, f"instance map size {inst.shape[-1]}x{inst.shape[-2]} "
                                             f"differs from the label map's {W}x{H}{where}")
-    if not label.is_cuda and label.numel():
+    if not rgb_input and not label.is_cuda and label.numel():
         fault = label_range_fault(*(int(v) for v in torch.aminmax(label)), cfg.label_nc)
         if fault:
             raise InputError(name, fault)
 
 
 def decode_maps(label: str, inst: str | None, cfg: ModelConfig, *, size=None,
-                max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """PNG locations -> checked int32 [H,W] tensors (label, inst; inst None for a model that
-    takes no instance map)."""
-    label_t = torch.from_numpy(read_id_png(label, max_pixels))
+                max_pixels: int | None = None, label_format: str = "ids",
+                palette=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PNG locations -> checked tensors (label, inst; inst None for a model that takes no
+    instance map). label: int32 [H,W] ids; for a label_nc 0 model the input image itself, uint8
+    [3,H,W] (any format Pillow reads; the engine side converts it to x/127.5 - 1).
+    label_format: ids, color or auto (image_io.read_label_png); a colour map becomes ids through
+    `palette` (palette.Palette), InputError naming the file, pixel and colour for one it lacks."""
+    if cfg.label_nc == 0:
+        rgb = read_rgb(label, max_pixels)
+        label_t = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    else:
+        arr = read_label_png(label, max_pixels, label_format=label_format)
+        if arr.ndim == 3:
+            if palette is None:
+                raise InputError(label, "a colour label map, and no palette to read it with")
+            arr = palette.ids(arr, str(label))
+        label_t = torch.from_numpy(arr)
     inst_t = None
     if cfg.needs_instance_map:
         if inst is None:

@@ -33,6 +33,22 @@ def read_id_png(location: str | os.PathLike | bytes, max_pixels: int | None = No
     (else the location, or "<bytes>"). Anything else is refused naming the file: not a PNG (a
     JPEG named .png would decode to wrong ids), a colour image, or more than `max_pixels` pixels
     (checked from the header, before the pixels are decoded)."""
+    return read_label_png(location, max_pixels, name=name, label_format="ids")
+
+
+LABEL_FORMATS = ("auto", "ids", "color")
+_ID_MODES = ("L", "P", "I", "1")
+
+
+def read_label_png(location: str | os.PathLike | bytes, max_pixels: int | None = None, *,
+                   name: str | None = None, label_format: str = "ids") -> np.ndarray:
+    """A label map PNG -> int32 [H,W] ids, or uint8 [H,W,3] colours (for a palette to map).
+
+    label_format: "ids" (a single-channel map, as read_id_png), "color" (an RGB or RGBA map,
+    alpha ignored, or a palette-indexed one converted to its colours), or "auto" (single-channel
+    and palette-indexed maps are ids, RGB and RGBA maps colours). Every fault names the file."""
+    if label_format not in LABEL_FORMATS:
+        raise OptionError("--label-format", f"{label_format!r}: one of {', '.join(LABEL_FORMATS)}")
     if isinstance(location, (bytes, bytearray, memoryview)):
         data, location = bytes(location), name or "<bytes>"
     else:
@@ -49,9 +65,22 @@ def read_id_png(location: str | os.PathLike | bytes, max_pixels: int | None = No
                 raise InputError(location, f"{W}x{H} is {W * H:,} pixels, above the limit of "
                                            f"{max_pixels:,} (--max-pixels)")
             mode = im.mode
-            if mode not in ("L", "P", "I", "1") and not mode.startswith("I;16"):
+            single = mode in _ID_MODES or mode.startswith("I;16")
+            colour = mode in ("RGB", "RGBA")
+            if label_format == "color":
+                if not (colour or mode == "P"):
+                    raise InputError(location, f"expected a colour label map (RGB), found a "
+                                               f"{mode} image ({len(im.getbands())} channel(s)); "
+                                               f"an id map takes --label-format ids")
+                im.load()
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            if colour and label_format == "auto":
+                im.load()
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            if not single:
+                hint = "; a colour label map takes --label-format color or auto" if colour else ""
                 raise InputError(location, f"expected a single-channel id map, found a {mode} "
-                                           f"image ({len(im.getbands())} channels)")
+                                           f"image ({len(im.getbands())} channels){hint}")
             im.load()
             if mode in ("L", "P", "1"):
                 arr = np.asarray(im, dtype=np.uint8)
@@ -68,13 +97,21 @@ def read_id_png(location: str | os.PathLike | bytes, max_pixels: int | None = No
     return arr.astype(np.int32, copy=False)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """A photo -> uint8 [H,W,3]."""
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """A photo (any format Pillow reads: PNG, JPEG, ...) -> uint8 [H,W,3]; more than
+    `max_pixels` pixels is refused from the header, before decoding."""
     data = read_bytes(path)
     try:
         with Image.open(io.BytesIO(data)) as im:
+            W, H = im.size
+            if max_pixels is not None and W * H > max_pixels:
+                raise InputError(path, f"{W}x{H} is {W * H:,} pixels, above the limit of "
+                                       f"{max_pixels:,} (--max-pixels)")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
         raise InputError(path, f"not a readable image ({e.__class__.__name__}: {e})") from None
 
 

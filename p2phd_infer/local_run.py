@@ -16,9 +16,11 @@ from .api import make_style
 from .engines import Engine, open_engine
 from .errors import Error, OptionError, record_of
 from .files import remove_stale_temps
-from .locations import is_uri, resolve
-from .plan import Plan, RunOptions, RunSummary, plan, sample_labels
+from .locations import existing, is_uri, join, resolve
+from .plan import IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan, sample_labels
 from .runtime import Runtime, default_workers
+
+COMPARE_FOLDER = "compare"      # run --save-comparison: OUT/compare/<name>.png
 
 
 def choose_backend(opts: RunOptions, device=None) -> tuple[str, str]:
@@ -67,8 +69,82 @@ def open_run_engine(opts: RunOptions, device=None) -> Engine:
         engine = open_engine(opts.engine, device, precision=opts.precision,
                              compile=opts.compile, mode=opts.mode,
                              backend="openvino" if backend == "openvino" else "auto")
+    if engine.config.label_nc == 0 and engine.info.backend == "openvino" and \
+            getattr(engine, "checkpoint", None) is not None:
+        # The OpenVINO conversion traces label ids; an RGB-input model runs on PyTorch.
+        from .engines import TorchEngine
+        engine = TorchEngine(engine.checkpoint, device, precision=opts.precision,
+                             mode=opts.mode)
+        engine.path = Path(opts.engine) if opts.engine is not None else None
+        why = "label_nc 0 (RGB input): OpenVINO converts id-map models only"
     engine.info.extra["chosen_because"] = why
     return engine
+
+
+def run_palette(engine: Engine, opts: RunOptions):
+    """The palette that reads colour label maps for this run (None when no map can be one)."""
+    if engine.config.label_nc == 0:
+        if opts.palette is not None or opts.label_format == "color":
+            raise OptionError("--palette" if opts.palette else "--label-format",
+                              "a label_nc 0 model takes RGB images as they are, not label maps")
+        return None
+    if opts.label_format == "ids":
+        if opts.palette is not None:
+            raise OptionError("--palette", "a palette reads colour label maps: drop "
+                                           "--label-format ids (or give auto or color)")
+        return None
+    from .palette import model_palette
+    return model_palette(engine, opts.palette)
+
+
+def comparison_writer(engine: Engine, jobs: list, opts: RunOptions, palette):
+    """on_written for the Runtime (run --save-comparison): OUT/compare/<name>.png with the
+    label map in colour (a label_nc 0 model's input image as it is) | the output | the photo of
+    the same name in --photos, if given. 2 px white gutters. A photo of another size is resized
+    to the frame's for the picture."""
+    import numpy as np
+
+    from .errors import InputError
+    from .image_io import read_rgb, write_image
+    from .palette import colorize, display_table
+
+    table = display_table(engine, palette) if engine.config.label_nc > 0 else None
+    by_out = {j.out: j for j in jobs}
+    out_root = resolve(opts.out)
+    photos = resolve(opts.photos) if opts.photos is not None else None
+
+    def photo_for(name: str) -> str:
+        stems = [name]
+        for tail in ("_gtFine_labelIds", "_gtFine_color", "_labelIds", "_color"):
+            if name.endswith(tail):        # Cityscapes: X_gtFine_labelIds -> X_leftImg8bit
+                stems += [name[: -len(tail)] + "_leftImg8bit", name[: -len(tail)]]
+        cands = [join(photos, stem + ext) for stem in stems for ext in IMAGE_SUFFIXES]
+        found = existing(cands)
+        hit = next((c for c in cands if c in found), None)
+        if hit is None:
+            raise InputError(join(photos, name + ".png"), "no photo of this name for the "
+                                                          "comparison (--photos)")
+        return hit
+
+    def write(out: str, label, rgb) -> None:
+        job = by_out[out]
+        lab = label.cpu().numpy()
+        first = lab.transpose(1, 2, 0) if table is None else colorize(lab, table)
+        parts = [first, rgb]
+        if photos is not None:
+            photo = read_rgb(photo_for(job.name), opts.max_pixels)
+            if photo.shape != rgb.shape:
+                from PIL import Image
+                photo = np.asarray(Image.fromarray(photo).resize(
+                    (rgb.shape[1], rgb.shape[0]), Image.BICUBIC))
+            parts.append(photo)
+        gutter = np.full((rgb.shape[0], 2, 3), 255, np.uint8)
+        row = [parts[0]]
+        for part in parts[1:]:
+            row += [gutter, part]
+        write_image(join(out_root, f"{COMPARE_FOLDER}/{job.name}.png"), np.concatenate(row, 1))
+
+    return write
 
 
 def describe_engine(engine: Engine) -> str:
@@ -88,7 +164,7 @@ def describe_engine(engine: Engine) -> str:
 
 
 def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
-               on_failure: Callable[[dict], None] | None = None) -> RunSummary:
+               on_failure: Callable[[dict], None] | None = None, palette=None) -> RunSummary:
     """Run the plan's jobs through a Runtime over `engine`; the summary of what happened."""
     workers = opts.workers or default_workers()
     summary = RunSummary(frames=todo.frames, skipped=todo.skipped,
@@ -96,10 +172,14 @@ def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
                                        workers=workers, format=opts.format))
     if not todo.jobs:
         return summary
+    on_written = comparison_writer(engine, todo.jobs, opts, palette) \
+        if opts.save_comparison else None
     t0 = time.perf_counter()
     with Runtime(engine, max_batch_size=opts.batch_size, max_queue_delay_us=opts.max_delay_us,
                  decode_workers=workers, encode_workers=workers, style=style,
-                 jpeg_quality=opts.quality, max_pixels=opts.max_pixels) as rt, \
+                 jpeg_quality=opts.quality, max_pixels=opts.max_pixels,
+                 label_format=opts.label_format, palette=palette,
+                 on_written=on_written) as rt, \
             tqdm(total=len(todo.jobs), unit="frame", desc="synthesize",
                  disable=not opts.progress) as bar:
         for job, result in zip(todo.jobs, rt.map(todo.jobs, return_exceptions=True)):
@@ -120,15 +200,19 @@ def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
 def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None) -> RunSummary:
     """The whole run on this machine. Errors.Error for what stops it before the first frame
     (engine, options, inputs); per-frame faults are records in the summary."""
+    if opts.format == "mp4" and opts.save_comparison:
+        raise OptionError("--save-comparison", "comparison pictures go with image outputs; "
+                                               "drop --format mp4")
     engine = open_run_engine(opts)
+    palette = run_palette(engine, opts)
     style = make_style(engine, opts.style, opts.seed, opts.style_image, opts.style_instances)
-    todo = plan(opts)
+    todo = plan(opts, images=engine.config.label_nc == 0)
     if not is_uri(opts.out):
         remove_stale_temps(resolve(opts.out))     # left by a killed earlier run
     if opts.format == "mp4":
-        summary = synthesize_videos(engine, style, todo, opts, on_failure)
+        summary = synthesize_videos(engine, style, todo, opts, on_failure, palette)
     else:
-        summary = synthesize(engine, style, todo, opts, on_failure)
+        summary = synthesize(engine, style, todo, opts, on_failure, palette)
     summary.settings.update(engine=str(opts.engine or "demo"), device=str(engine.device),
                             precision=engine.info.precision, mode=engine.info.extra.get("mode"),
                             compile=opts.compile, seed=opts.seed, style=opts.style,
@@ -137,7 +221,8 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
 
 
 def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
-                      on_failure: Callable[[dict], None] | None = None) -> RunSummary:
+                      on_failure: Callable[[dict], None] | None = None,
+                      palette=None) -> RunSummary:
     """`--format mp4`: the plan's frames, grouped by output sub-folder (video.video_of), each
     group encoded in name order as one video from the Runtime's in-memory results, in this
     process. A video that exists is skipped (unless overwrite); a frame that fails fails its
@@ -177,7 +262,8 @@ def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
     jobs = [j for _, group in videos for j in group]
     with Runtime(engine, max_batch_size=opts.batch_size, max_queue_delay_us=opts.max_delay_us,
                  decode_workers=workers, encode_workers=1, style=style,
-                 max_pixels=opts.max_pixels) as rt, \
+                 max_pixels=opts.max_pixels, label_format=opts.label_format,
+                 palette=palette) as rt, \
             tqdm(total=len(jobs), unit="frame", desc="synthesize",
                  disable=not opts.progress) as bar:
         # One ordered stream over every video, so the pipeline stays full across video ends.

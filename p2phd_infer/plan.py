@@ -21,7 +21,10 @@ from .files import write_atomic
 from .locations import existing, is_uri, join, kind, list_files, resolve
 
 LABEL_SUFFIX = "_labelIds.png"
+COLOR_SUFFIX = "_color.png"               # Cityscapes colour maps (--label-format color)
 INSTANCE_SUFFIX = "_instanceIds.png"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # label_nc 0 models: the inputs are RGB images
+LABEL_FORMATS = ("auto", "ids", "color")
 OUTPUT_FORMATS = ("png", "jpg", "mp4")   # mp4: one H.264 video per folder (video.py)
 DEFAULT_MAX_PIXELS = 2048 * 2048 * 2     # twice Cityscapes' 2048x1024: an 8 K frame still fits
 
@@ -58,6 +61,11 @@ class RunOptions:
     ray: str | None = None
     num_workers: int | None = None
     gpus_per_worker: float | None = None
+    # ids (single-channel PNGs), color (RGB PNGs through a palette) or auto (by the PNG's mode)
+    label_format: str = "auto"
+    palette: str | None = None           # palette file for colour maps (label_names.py formats)
+    save_comparison: bool = False        # also OUT/compare/<name>.png: label | output [| photo]
+    photos: str | None = None            # photos for the comparison, paired by relative name
 
     def __post_init__(self):
         checks = [("--batch-size", self.batch_size, 1, 4096), ("--quality", self.quality, 1, 100),
@@ -72,6 +80,12 @@ class RunOptions:
                 raise OptionError(name, f"{value!r} is outside {lo}..{hi}")
         if self.backend not in ("auto", "torch", "openvino"):
             raise OptionError("--backend", f"{self.backend!r}: one of auto, torch, openvino")
+        if self.label_format not in LABEL_FORMATS:
+            raise OptionError("--label-format", f"{self.label_format!r}: one of "
+                                                f"{', '.join(LABEL_FORMATS)}")
+        if self.photos is not None and not self.save_comparison:
+            raise OptionError("--photos", "photos go into the comparison pictures: add "
+                                          "--save-comparison")
         if self.format not in OUTPUT_FORMATS:
             raise OptionError("--format", f"{self.format!r}: one of {', '.join(OUTPUT_FORMATS)}")
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or \
@@ -137,8 +151,9 @@ def _instance_candidates(label: str, rel: str, instances: str | None) -> list[st
     cands = []
     if instances is not None:
         cands.append(join(instances, rel))
-    if label.endswith(LABEL_SUFFIX):
-        cands.append(label[: -len(LABEL_SUFFIX)] + INSTANCE_SUFFIX)
+    for suffix in (LABEL_SUFFIX, COLOR_SUFFIX):
+        if label.endswith(suffix):
+            cands.append(label[: -len(suffix)] + INSTANCE_SUFFIX)
     parts = label.split("/") if sep else list(Path(label).parts)
     for i, part in enumerate(parts[:-1]):
         if part.endswith("_label"):      # test_label/ -> test_inst/, train_label/ -> train_inst/
@@ -147,10 +162,13 @@ def _instance_candidates(label: str, rel: str, instances: str | None) -> list[st
     return cands
 
 
-def discover(labels: str, instances: str | None = None) -> list[tuple[str, str, str | None]]:
+def discover(labels: str, instances: str | None = None, *, label_format: str = "ids",
+             images: bool = False) -> list[tuple[str, str, str | None]]:
     """(name, label, inst) for every label map under `labels` (a folder, searched recursively,
     or one file; local or a URI), sorted by name. `name` is the path relative to the folder
-    without its suffix; `inst` is None where no instance map pairs."""
+    without its suffix; `inst` is None where no instance map pairs. label_format "color" takes a
+    Cityscapes folder's `*_color.png` maps instead of its `*_labelIds.png`; `images` (a label_nc 0
+    model) takes JPEGs as well as PNGs."""
     labels = resolve(labels)
     if instances is not None:
         if is_uri(instances) != is_uri(labels):
@@ -166,10 +184,13 @@ def discover(labels: str, instances: str | None = None) -> list[tuple[str, str, 
         files, base = [labels], None
     else:
         base = labels
-        files = [f for f in list_files(labels) if _is_png(f)]
-        if any(f.endswith(LABEL_SUFFIX) for f in files):
-            # A Cityscapes folder also holds instance, colour and polygon files: labelIds only.
-            files = [f for f in files if f.endswith(LABEL_SUFFIX)]
+        files = [f for f in list_files(labels)
+                 if (f.lower().endswith(IMAGE_SUFFIXES) if images else _is_png(f))]
+        if not images and any(f.endswith(LABEL_SUFFIX) for f in files):
+            # A Cityscapes folder also holds instance, colour and polygon files: labelIds only,
+            # or its colour maps with --label-format color.
+            suffix = COLOR_SUFFIX if label_format == "color" else LABEL_SUFFIX
+            files = [f for f in files if f.endswith(suffix)]
     rows, wanted = [], []
     for f in files:
         rel = (f[len(base):].lstrip("/") if is_uri(f) else str(Path(f).relative_to(base))) \
@@ -182,15 +203,16 @@ def discover(labels: str, instances: str | None = None) -> list[tuple[str, str, 
     return [(name, f, next((c for c in cands if c in found), None)) for name, f, cands in rows]
 
 
-def plan(opts: RunOptions) -> Plan:
+def plan(opts: RunOptions, images: bool = False) -> Plan:
     """The jobs of a run: every frame found, less those whose output exists (unless
-    overwrite). Refuses an output folder that would write onto an input file."""
+    overwrite). Refuses an output folder that would write onto an input file. images: the
+    model takes RGB images (label_nc 0): JPEG inputs too."""
     labels = opts.labels
     instances = opts.instances
     if labels is None:
         labels = str(sample_labels())
         instances = instances or str(sample_labels().parent / "instances")
-    frames = discover(labels, instances)
+    frames = discover(labels, instances, label_format=opts.label_format, images=images)
     out = resolve(opts.out)
     if not is_uri(out) and Path(out).exists() and not Path(out).is_dir():
         raise OptionError("--out", f"{out} is a file; --out is a folder")

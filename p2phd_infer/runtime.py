@@ -36,9 +36,11 @@ import numpy as np
 import torch
 
 from .engines.base import resolve_device
-from .errors import EngineFault, InputError, OptionError, OutputError, QueueFull, RuntimeClosed
+from .errors import (EngineError, EngineFault, InputError, OptionError, OutputError, QueueFull,
+                     RuntimeClosed)
 from .ids import as_ids, check_maps, decode_maps
-from .image_io import write_image
+from .image_io import LABEL_FORMATS, write_image
+from .labels import label_from_instance
 from .locations import is_uri
 from .plan import DEFAULT_MAX_PIXELS, Job
 from .synthesizer import to_uint8
@@ -101,7 +103,8 @@ class Runtime:
                  max_queue_size: int | None = None, block_when_full: bool = True,
                  decode_workers: int | None = None, encode_workers: int | None = None,
                  style=None, jpeg_quality: int = 95, max_inflight_batches: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, label_format: str = "ids",
+                 palette=None, on_written=None):
         for option, value, lo, hi in (("max_batch_size", max_batch_size, 1, MAX_BATCH),
                                       ("max_queue_delay_us", max_queue_delay_us, 0, MAX_DELAY_US),
                                       ("max_queue_size", max_queue_size, 1, 1 << 20),
@@ -115,8 +118,22 @@ class Runtime:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise OptionError(option, f"{value!r} is outside {lo}..{hi}")
+        if label_format not in LABEL_FORMATS:
+            raise OptionError("label_format", f"{label_format!r}: one of "
+                                              f"{', '.join(LABEL_FORMATS)}")
+        if engine.config.label_nc == 0 and engine.info.backend != "torch":
+            raise EngineError(engine.name, f"a label_nc 0 model (RGB input images) runs on the "
+                                           f"PyTorch engine (its model.pt); the {engine.info.backend} "
+                                           f"engine takes label ids only")
         self.engine = engine
         self.cfg = engine.config
+        # File label maps: ids, color (through `palette`) or auto (image_io.read_label_png).
+        self.label_format = label_format
+        self.palette = palette
+        # Called as on_written(out, label, rgb) in an encode worker once a file output is written
+        # (label: the decoded host map, ids [H,W] or uint8 RGB [3,H,W]); an exception fails that
+        # frame. `run --save-comparison` writes its picture here.
+        self.on_written = on_written
         self.device = resolve_device(engine.device)
         info = engine.info
         if info.max_batch is not None:
@@ -349,16 +366,18 @@ class Runtime:
                 raise InputError(job.name, "a label file needs an instance file, not an array")
             label, inst = decode_maps(str(job.label_src), None if job.inst_src is None else
                                       str(job.inst_src), cfg, size=size,
-                                      max_pixels=self.max_pixels)
+                                      max_pixels=self.max_pixels, label_format=self.label_format,
+                                      palette=self.palette)
         else:
-            label = self._as_map(job.label_src, "label map", job.name)
+            label = self._as_image(job.label_src, job.name) if cfg.label_nc == 0 else \
+                self._as_map(job.label_src, "label map", job.name)
             inst = None
             if cfg.needs_instance_map:
                 if job.inst_src is None:
                     raise InputError(job.name, "no instance map given (the model needs one)")
                 inst = self._as_map(job.inst_src, "instance map", job.name)
             check_maps(label, inst, cfg, job.name, size=size, max_pixels=self.max_pixels)
-        H, W = label.shape
+        H, W = label.shape[-2:]
         if self._cuda:
             label = self._stage(label, self._label_host_dtype)
             inst = self._stage(inst, torch.int32) if inst is not None else None
@@ -372,6 +391,20 @@ class Runtime:
         if t.dim() != 2:
             raise InputError(name, f"{what} has shape {tuple(x.shape)}; expected [H,W]")
         return t.contiguous()
+
+    def _as_image(self, x, name: str) -> torch.Tensor:
+        """An in-memory input image of a label_nc 0 model, uint8 [H,W,3] (numpy or torch, as
+        image_io.read_rgb gives it) -> uint8 [3,H,W] (host, or on the engine's device as given)."""
+        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 3 or \
+                t.shape[-1] != 3:
+            what = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else \
+                type(x).__name__
+            raise InputError(name, f"a label_nc 0 model takes an RGB image, uint8 [H,W,3], not "
+                                   f"{what}")
+        if t.is_cuda and not self._cuda:
+            t = t.cpu()
+        return t.permute(2, 0, 1).contiguous()
 
     @staticmethod
     def _stage(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -489,8 +522,26 @@ class Runtime:
             return maps[0].to(torch.int32)[None, None]
         return torch.stack(maps).to(torch.int32)[:, None]
 
-    def _synthesize(self, label: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
-        feat = self.style.feature_map(label, inst) if self.style is not None else None
+    def _labels_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Label maps -> the batch: int32 [B,1,H,W] ids, or for a label_nc 0 model its uint8 RGB
+        images [B,3,H,W] (converted to float by _synthesize, on the device)."""
+        if self.cfg.label_nc != 0:
+            return self._batch_of(maps)
+        return maps[0][None] if len(maps) == 1 else torch.stack(maps)
+
+    def _synthesize(self, label: torch.Tensor, inst: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.label_nc == 0:
+            # The official RGB input: x/127.5 - 1, as the training side reads it
+            # (train/datasets.py); the class of each pixel, for styles, from its instance id.
+            B, _, H, W = label.shape
+            label = label.float() / 127.5 - 1.0
+            if inst is None:
+                inst = torch.zeros(B, 1, H, W, dtype=torch.int32, device=label.device)
+            classes = label_from_instance(inst)
+        else:
+            inst = label if inst is None else inst
+            classes = label
+        feat = self.style.feature_map(classes, inst) if self.style is not None else None
         image = self.engine.synthesize(label, inst, feat)
         B, _, H, W = label.shape
         if tuple(image.shape) != (B, 3, H, W):
@@ -499,8 +550,8 @@ class Runtime:
         return to_uint8(image)       # on the device: 4x fewer bytes to download than float
 
     def _run_cpu(self, jobs: list[_Job]) -> np.ndarray:
-        label = self._batch_of([j.label for j in jobs]).to(self.device)
-        inst = label if jobs[0].inst is None else \
+        label = self._labels_of([j.label for j in jobs]).to(self.device)
+        inst = None if jobs[0].inst is None else \
             self._batch_of([j.inst for j in jobs]).to(self.device)
         return self._synthesize(label, inst).cpu().numpy()
 
@@ -521,8 +572,8 @@ class Runtime:
             compute.wait_event(uploaded)
             for t in labels + (insts or []):
                 t.record_stream(compute)   # allocated on h2d (or by the caller), read here
-            label = self._batch_of(labels)
-            inst = label if insts is None else self._batch_of(insts)
+            label = self._labels_of(labels)
+            inst = None if insts is None else self._batch_of(insts)
             image = self._synthesize(label, inst)
             computed = torch.cuda.Event()
             computed.record(compute)
@@ -563,6 +614,13 @@ class Runtime:
             write_image(job.out, rgb, self.jpeg_quality)
         except Exception as e:  # noqa: BLE001 - disk full, permissions: this output only
             self._resolve(job, error=e if isinstance(e, OutputError) else OutputError(job.out, e))
+            return
+        try:
+            if self.on_written is not None:
+                self.on_written(job.out, job.label, rgb)
+        except Exception as e:  # noqa: BLE001 - that frame's extra output only
+            self._resolve(job, error=e if isinstance(e, (InputError, OutputError)) else
+                          OutputError(job.out, e))
         else:
             self._resolve(job, job.out if is_uri(job.out) else Path(job.out))
 

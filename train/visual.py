@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from p2phd_infer.labels import CITYSCAPES_LABELS
+from p2phd_infer.palette import colorize as palette_colorize
 from p2phd_infer.synthesizer import to_uint8
 
 
@@ -22,15 +23,15 @@ _PALETTE = palette()
 
 
 def colorize(label: np.ndarray, colors: dict[int, list[int]] | None = None) -> np.ndarray:
-    """int [H,W] label ids -> uint8 [H,W,3]; `colors` ({id: [r, g, b]}, a model's label_colors)
-    override the palette."""
+    """int [H,W] label ids of any integer dtype -> uint8 [H,W,3]; `colors` ({id: [r, g, b]}, a
+    model's label_colors) override the palette."""
     pal = _PALETTE
     if colors:
         pal = pal.copy()
         for i, rgb in colors.items():
             if 0 <= i < len(pal):
                 pal[i] = rgb
-    return pal[np.asarray(label) % len(pal)]
+    return palette_colorize(label, pal)
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:

@@ -18,6 +18,16 @@ SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2
             "openvino": (".xml",)}
 
 
+def _size(ctx, param, value):
+    """'WxH' -> (H, W)."""
+    if value is None:
+        return None
+    w, sep, h = value.lower().partition("x")
+    if not sep or not w.strip().isdigit() or not h.strip().isdigit() or not int(w) or not int(h):
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 2048x1024")
+    return int(h), int(w)
+
+
 @click.command("export")
 @click.option("--engine", "engine_path", required=True, type=click.Path(dir_okay=False),
               help="The model.pt to export.")
@@ -44,10 +54,22 @@ SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2
 @click.option("--timing-cache", type=click.Path(dir_okay=False),
               help="TensorRT timing cache file [default: ~/.cache/p2phd-infer/"
                    "tensorrt-timing.cache].")
+@click.option("--dynamic-size", is_flag=True,
+              help="onnx, tensorrt: height and width dynamic (any multiple of the network's "
+                   "stride within --min-size..--max-size); --height/--width is then the size "
+                   "traced at and TensorRT's opt size.")
+@click.option("--min-size", callback=_size, metavar="WxH",
+              help="--dynamic-size: smallest frame [the network's minimum].")
+@click.option("--opt-size", callback=_size, metavar="WxH",
+              help="--dynamic-size, tensorrt: the size TensorRT tunes for [--width x --height].")
+@click.option("--max-size", callback=_size, metavar="WxH",
+              help="--dynamic-size: largest frame [onnx: 8192x8192; tensorrt: --opt-size, as "
+                   "TensorRT sizes its memory for the max].")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Compare the written engine with the fp32 PyTorch model on random inputs.")
 def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, graph,
-               timing_cache, check):
+               timing_cache, check, dynamic_size=False, min_size=None, opt_size=None,
+               max_size=None):
     """Export a model.pt to an engine file that `p2phd-infer run --engine FILE` takes as is.
 
     The engine file carries the architecture, label names, feature dictionary, frame size, max
@@ -62,21 +84,37 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
     if fmt == "openvino" and fp16:
         raise OptionError("--fp16", "the OpenVINO IR keeps fp32 weights; the precision (fp32 or "
                                     "bf16) is chosen at run time: run --precision")
+    sizes = {"--min-size": min_size, "--opt-size": opt_size, "--max-size": max_size}
+    if dynamic_size and fmt not in ("onnx", "tensorrt"):
+        raise OptionError("--dynamic-size", "onnx and tensorrt only (openvino and aoti engines "
+                                            "are built per frame size)")
+    given = next((k for k, v in sizes.items() if v is not None), None)
+    if given and not dynamic_size:
+        raise OptionError(given, "sets a size range: add --dynamic-size")
+    if opt_size is not None and fmt != "tensorrt":
+        raise OptionError("--opt-size", "TensorRT's profile only (--format tensorrt)")
     check_writable(out)
     ckpt = load_checkpoint(engine_path)
     _validate(ckpt, fmt, height, width, fp16, device, graph)
+    dynamic = dict(dynamic_size=dynamic_size, min_size=min_size, opt_size=opt_size,
+                   max_size=max_size) if dynamic_size else None
     with tqdm(total=3, desc=f"export {fmt}", unit="step", leave=False) as bar:
         engine = _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph,
-                         timing_cache, bar)
+                         timing_cache, bar, dynamic)
         bar.update(1)
         result = None
         if check:
             bar.set_postfix_str("parity check")
-            result = check_engine(engine, ckpt)
+            result = check_engine(engine, ckpt, size=(height, width))
         bar.update(1)
     size = out.stat().st_size / 2**20
     batches = f"batch 1..{max_batch}" if engine.info.max_batch is not None else "any batch"
-    click.echo(f"{out}: {fmt} {graph} engine, {width}x{height}, {batches}, "
+    frames = f"{width}x{height}"
+    spec = engine.info.extra.get("dynamic_size") if engine.info.size is None else None
+    if spec:
+        (h0, w0), (h1, w1) = spec["min"], spec["max"]
+        frames = f"any multiple of {spec['multiple']} from {w0}x{h0} to {w1}x{h1}"
+    click.echo(f"{out}: {fmt} {graph} engine, {frames}, {batches}, "
                f"{engine.info.precision}, {size:.1f} MiB")
     if result is not None:
         click.echo(f"parity against fp32 PyTorch on random inputs: max abs diff "
@@ -102,8 +140,15 @@ def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
                                                 "none is visible")
 
 
-def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timing_cache, bar):
+def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timing_cache, bar,
+            dynamic=None):
     from ..export.onnx_export import export_onnx
+    dynamic = dynamic or {}
+    # The ONNX graph's range: for TensorRT from min to max of its profile (max defaults to opt).
+    onnx_range = {} if not dynamic else dict(
+        dynamic_size=True, min_size=dynamic["min_size"],
+        max_size=dynamic["max_size"] if fmt == "onnx" else
+        (dynamic["max_size"] or dynamic["opt_size"] or (height, width)))
     if fmt == "openvino":
         from ..export.openvino_export import export_openvino
         bar.set_postfix_str("OpenVINO (PyTorch frontend)")
@@ -112,7 +157,7 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
         return open_engine(out, "cpu")
     if fmt == "onnx":
         bar.set_postfix_str("torch.onnx (dynamo)")
-        export_onnx(ckpt, out, height, width, max_batch, graph)
+        export_onnx(ckpt, out, height, width, max_batch, graph, **onnx_range)
         bar.update(1)
         return open_engine(out, "cpu")
     if fmt == "aoti":
@@ -129,10 +174,12 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
         bar.set_postfix_str("ONNX for TensorRT")
         # TensorRT builds strongly typed: the fp16 plan comes from the fp16-typed graph.
         precision = "fp32" if fp16 is False else "fp16"
-        export_onnx(ckpt, onnx_tmp, height, width, max_batch, graph, precision)
+        export_onnx(ckpt, onnx_tmp, height, width, max_batch, graph, precision, **onnx_range)
         bar.set_postfix_str("TensorRT build")
         build_tensorrt(onnx_tmp, out, max_batch, fp16=precision == "fp16",
-                       timing_cache=timing_cache, device=dev, log=tqdm.write)
+                       timing_cache=timing_cache, device=dev, log=tqdm.write,
+                       min_size=dynamic.get("min_size"), opt_size=dynamic.get("opt_size"),
+                       max_size=dynamic.get("max_size"))
     finally:
         try:                   # never let the cleanup hide the error that got us here
             onnx_tmp.unlink(missing_ok=True)

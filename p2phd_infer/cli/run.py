@@ -14,7 +14,7 @@ from ..engines import BACKENDS, MODES, PRECISIONS
 from ..errors import InputError, OptionError
 from ..files import check_writable
 from ..locations import kind
-from ..plan import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, RunOptions, RunSummary
+from ..plan import DEFAULT_MAX_PIXELS, LABEL_FORMATS, OUTPUT_FORMATS, RunOptions, RunSummary
 
 
 @click.command("run")
@@ -65,6 +65,20 @@ from ..plan import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, RunOptions, RunSummary
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
               type=click.IntRange(1, 2**34),
               help="Refuse frames with more pixels than this (a frame's one-hot grows with it).")
+@click.option("--label-format", type=click.Choice(LABEL_FORMATS), default="auto",
+              show_default=True,
+              help="Label maps: ids (single-channel PNGs of class ids), color (RGB PNGs, e.g. "
+                   "Cityscapes *_color.png or a simulator's semantic camera, mapped to ids by "
+                   "the palette) or auto (by the PNG: one channel ids, RGB/RGBA colours).")
+@click.option("--palette", type=click.Path(dir_okay=False),
+              help="Colours -> ids for colour maps: JSON or `ID NAME R G B` lines (the "
+                   "--label-names formats) [default: the model's label colours, else "
+                   "Cityscapes'].")
+@click.option("--save-comparison", is_flag=True,
+              help="Also write OUT/compare/<name>.png: the label map in colour | the output "
+                   "[| the photo].")
+@click.option("--photos", type=click.Path(file_okay=False),
+              help="--save-comparison: folder of photos paired with the label maps by name.")
 @click.option("--summary-json", type=click.Path(dir_okay=False),
               help="Also write the summary (counts, frames/s, each failure) as JSON here.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -97,6 +111,12 @@ def run_cmd(fp16, no_progress, **options):
         check_writable(opts.summary_json)
     if opts.format == "mp4" and opts.ray is not None:
         raise OptionError("--format", "mp4 is encoded by the local executor; drop --ray")
+    if opts.ray is not None:
+        for name, given in (("--label-format", opts.label_format == "color"),
+                            ("--palette", opts.palette is not None),
+                            ("--save-comparison", opts.save_comparison)):
+            if given:
+                raise OptionError(name, "runs on the local executor only (for now); drop --ray")
 
     def report(record: dict) -> None:
         line = f"{record['file']}: {record['fault']}" if record["file"] else record["fault"]

@@ -3,6 +3,10 @@
 Provider: TensorRT, then CUDA, then CPU, whichever this onnxruntime build has (CUDA ones need
 the `onnxruntime-gpu` package). On CUDA, torch tensors are bound in place with IO binding (no
 host round trip); on the CPU they go through numpy without a copy.
+
+A graph exported with dynamic H and W (`export --dynamic-size`: metadata size None, extra
+"dynamic_size" {multiple, min, max}) takes any frame whose sides are multiples of `multiple`
+within min..max; Engine.synthesize pads other frames to the stride first.
 """
 from __future__ import annotations
 
@@ -88,6 +92,7 @@ class OnnxEngine(Engine):
     def __call__(self, label: torch.Tensor, inst: torch.Tensor,
                  feat: torch.Tensor | None = None) -> torch.Tensor:
         B, _, H, W = label.shape
+        self.check_dynamic(H, W)
         feeds = self.generator_feeds(label, inst, feat, "feat" in self.input_names)
         return self._run(feeds, (B, self.config.output_nc, H, W))
 
@@ -95,9 +100,25 @@ class OnnxEngine(Engine):
               style_inst: torch.Tensor) -> torch.Tensor:
         """Style from an example photo (style graphs): instances take the photo's encoder
         features of the same instance id; ids absent from the photo get zeros."""
-        feeds = self.style_feeds(label, inst, style_image, style_inst)
         B, _, H, W = label.shape
+        self.check_dynamic(H, W)
+        feeds = self.style_feeds(label, inst, style_image, style_inst)
         return self._run(feeds, (B, self.config.output_nc, H, W))
+
+    def check_dynamic(self, H: int, W: int) -> None:
+        """EngineError for a frame a dynamic-size graph was not exported for (fixed-size graphs
+        are checked by Engine.check_shape)."""
+        spec = self.info.extra.get("dynamic_size") if self.info.size is None else None
+        if not spec:
+            return
+        m, lo, hi = int(spec["multiple"]), spec["min"], spec["max"]
+        if H % m or W % m:
+            raise EngineError(self.name, f"frame {W}x{H}: this graph takes sides that are "
+                                         f"multiples of {m}")
+        if not (lo[0] <= H <= hi[0] and lo[1] <= W <= hi[1]):
+            raise EngineError(self.name, f"frame {W}x{H} is outside the sizes this graph was "
+                                         f"exported for, {lo[1]}x{lo[0]}..{hi[1]}x{hi[0]} "
+                                         f"(export --min-size/--max-size)")
 
     # --- running -------------------------------------------------------------------------------
 

@@ -80,7 +80,12 @@ class TorchEngine(Engine):
         self._fast = None
         self.mode = "plain"
         self.fallback_reason: str | None = None
-        if _wants_fast(mode, self.device):
+        if ckpt.config.label_nc == 0 and mode == "fast":
+            raise OptionError("--mode", "fast takes label ids (its first layers are label "
+                                        "tables); a label_nc 0 model (RGB input) runs plain")
+        # label_nc 0 (an RGB input image, no classes): the fast path's label tables do not
+        # apply, so such a model always runs the plain network.
+        if _wants_fast(mode, self.device) and ckpt.config.label_nc > 0:
             self._try_fast(fast_options or {}, strict=mode == "fast")
         if self.mode == "plain":
             self._plain_ready()
