@@ -8,15 +8,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import TorchEngine, open_engine
 from p2phd_infer.engines.base import reflect_pad
 from p2phd_infer.errors import InputError
-from p2phd_infer.networks import build_generator
 from p2phd_infer.runtime import Runtime
 from p2phd_infer.synthesizer import to_uint8
+from helpers import save_random_model
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1,
                    n_blocks_local=1)                     # stride 8, minimum 16
@@ -24,11 +23,7 @@ TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1,
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "model.pt"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_checkpoint(Checkpoint(TINY, build_generator(TINY).state_dict()), path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("m") / "model.pt", TINY)
 
 
 def maps(h, w, seed=0):

@@ -33,12 +33,7 @@ FEAT = ModelConfig(label_nc=4, feat_num=2, netG="global", ngf=2, n_downsample_gl
 as_root = os.name == "posix" and os.geteuid() == 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(*args):

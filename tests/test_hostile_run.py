@@ -14,14 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from p2phd_infer.api import Pix2PixHD
-from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import Engine, EngineInfo, TorchEngine
 from p2phd_infer.errors import EngineError, EngineFault, InputError, OptionError, RuntimeClosed
 from p2phd_infer.files import temp_path
-from p2phd_infer.networks import build_generator
 from p2phd_infer.runtime import Runtime
+from helpers import save_random_model
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1,
                    n_blocks_local=1)                     # local enhancer: stride 8, minimum 16
@@ -29,11 +28,7 @@ TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1,
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "model.pt"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_checkpoint(Checkpoint(TINY, build_generator(TINY).state_dict()), path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("m") / "model.pt", TINY)
 
 
 def maps(rng, h=32, w=32):

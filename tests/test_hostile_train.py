@@ -35,12 +35,7 @@ TINY_OPTS = dict(ngf=4, n_downsample_global=1, n_blocks_global=1, label_nc=35, n
                  resize_or_crop="none", num_workers=0, progress=False, no_vgg=True, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(*args):

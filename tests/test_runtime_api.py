@@ -14,8 +14,8 @@ from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import Engine, TorchEngine
-from p2phd_infer.networks import build_generator
 from p2phd_infer.synthesizer import to_uint8
+from helpers import random_checkpoint
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=1, n_blocks_global=1, n_blocks_local=1)
 FEAT = ModelConfig(label_nc=30, feat_num=3, ngf=4, n_downsample_global=1, n_blocks_global=1,
@@ -23,11 +23,7 @@ FEAT = ModelConfig(label_nc=30, feat_num=3, ngf=4, n_downsample_global=1, n_bloc
 
 
 def checkpoint(cfg: ModelConfig, seed: int = 0, features=None) -> Checkpoint:
-    torch.manual_seed(seed)
-    net = build_generator(cfg)
-    for p in net.parameters():
-        p.data.normal_(0, 0.2)
-    return Checkpoint(cfg, net.state_dict(), features=features)
+    return random_checkpoint(cfg, seed, features, std=0.2)
 
 
 class Recorder(Engine):

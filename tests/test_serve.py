@@ -37,6 +37,7 @@ from p2phd_infer.config import ModelConfig  # noqa: E402
 from p2phd_infer.engines import Engine, TorchEngine  # noqa: E402
 from p2phd_infer.errors import InputError  # noqa: E402
 from p2phd_infer.serve.kserve import decode_request, encode_response  # noqa: E402
+from helpers import random_checkpoint
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=1, n_blocks_global=1, n_blocks_local=1)
 FEAT = ModelConfig(label_nc=30, feat_num=3, ngf=4, n_downsample_global=1, n_blocks_global=1,
@@ -45,12 +46,7 @@ START_TIMEOUT_S = 90
 
 
 def checkpoint(cfg: ModelConfig, seed: int = 0, features=None) -> Checkpoint:
-    from p2phd_infer.networks import build_generator
-    torch.manual_seed(seed)
-    net = build_generator(cfg)
-    for p in net.parameters():
-        p.data.normal_(0, 0.2)
-    return Checkpoint(cfg, net.state_dict(), features=features)
+    return random_checkpoint(cfg, seed, features, std=0.2)
 
 
 def scene(seed: int, h: int = 32, w: int = 32, label_nc: int = 8):

@@ -21,14 +21,7 @@ TINY_G1 = dict(ngf=8, n_downsample_global=1, n_blocks_global=1, nef=4, n_downsam
 TINY_D = dict(ndf=8, n_layers_d=2, num_d=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from a second thread, and on a busy 2-core box OpenMP's waiting
-    threads make every small op slow (measured 13x slower); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ TINY = dict(ngf=8, n_downsample_global=1, n_blocks_global=1, label_nc=35)
 TINY_D = dict(ndf=8, n_layers_d=2, num_d=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
