@@ -46,32 +46,15 @@ from PIL import Image
 from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.files import write_atomic
-from p2phd_infer.networks import build_generator
 from p2phd_infer.plan import Job, Plan, RunOptions
 from p2phd_infer.synthesizer import psnr
 
 QUICK = ModelConfig(ngf=8, n_downsample_global=3, n_blocks_global=3, n_blocks_local=1)
 
 
-def random_checkpoint(cfg: ModelConfig, seed: int = 0) -> Checkpoint:
-    """Random weights scaled by 1/sqrt(fan-in) (activations stay O(1) through 30 layers)."""
-    with torch.device("meta"):
-        net = build_generator(cfg)
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in net.state_dict().items():
-        fan_in = int(np.prod(v.shape[1:])) if v.dim() > 1 else 1
-        state[k] = torch.randn(v.shape, generator=g) / max(1.0, fan_in) ** 0.5
-    return Checkpoint(cfg, state)
-
-
-def random_scene(rng, h: int, w: int, label_nc: int):
-    """Blocky label map, Cityscapes-style instance ids (class*1000+k for classes >= 24)."""
-    cell = max(4, min(h, w) // 16)
-    label = rng.integers(0, label_nc, (-(-h // cell), -(-w // cell)))
-    label = label.repeat(cell, 0).repeat(cell, 1)[:h, :w]
-    inst = np.where(label >= 24, label * 1000 + rng.integers(0, 8, label.shape), label)
-    return label.astype(np.int32), inst.astype(np.int32)
+# The same random weights and scenes as the throughput benchmark (this folder's throughput.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import random_checkpoint, random_scene  # noqa: E402
 
 
 # ---------------------------------------------------------------- the official way

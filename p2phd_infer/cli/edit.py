@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..engines import MODES, PRECISIONS
 from ..errors import InputError, MissingDependency
 from ..plan import DEFAULT_MAX_PIXELS
+from .base import engine_options
 from .serve import _listen
 
 
@@ -17,17 +17,11 @@ from .serve import _listen
 @click.argument("label", required=False, type=click.Path(dir_okay=False))
 @click.option("--instances", "inst", type=click.Path(dir_okay=False),
               help="The instance map (16-bit PNG) of LABEL.")
-@click.option("--engine", type=click.Path(dir_okay=False),
-              help="model.pt, .pt2, .onnx or .plan; default: the bundled demo model.")
+@engine_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0: any free port).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="PyTorch engines: fp32, fp16 (CUDA) or bf16.")
-@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="PyTorch engines: auto, fast (CUDA only) or plain.")
 @click.option("--max-batch-size", default=4, show_default=True, type=click.IntRange(1, 4096),
               help="Most frames per engine call (swatches and other clients batch together).")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,

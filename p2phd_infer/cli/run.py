@@ -10,32 +10,25 @@ import sys
 import click
 from tqdm import tqdm
 
-from ..engines import BACKENDS, MODES, PRECISIONS
+from ..engines import BACKENDS
 from ..errors import InputError, OptionError
 from ..files import check_writable
 from ..locations import kind
 from ..plan import DEFAULT_MAX_PIXELS, LABEL_FORMATS, OUTPUT_FORMATS, RunOptions, RunSummary
+from .base import engine_options
 
 
 @click.command("run")
 @click.argument("labels", required=False, type=click.Path())
-@click.option("--engine", type=click.Path(dir_okay=False),
-              help="model.pt, .pt2, .onnx, .plan or .xml (OpenVINO); default: the bundled demo "
-                   "model.")
 @click.option("--instances", type=click.Path(file_okay=False),
               help="Folder of instance maps with the same file names as the label maps.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="PyTorch engines: fp32, fp16 (CUDA) or bf16.")
+@engine_options
 @click.option("--fp16", is_flag=True, help="Shorthand for --precision fp16.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="What runs a model.pt: auto (on a CPU OpenVINO, converted once per frame size "
                    "and cached, unless --mode plain/--compile/fp16; else PyTorch), torch, or "
                    "openvino (also runs an .onnx on OpenVINO).")
-@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="PyTorch engines: auto (the fast CUDA path, checked once, else plain), fast "
-                   "(CUDA only, no fallback) or plain.")
 @click.option("--compile", is_flag=True,
               help="torch.compile the PyTorch engine (the first batch of each size is slow).")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 4096),

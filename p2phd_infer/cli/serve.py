@@ -7,14 +7,13 @@ import sys
 
 import click
 
-from ..engines import MODES, PRECISIONS
 from ..errors import MissingDependency, OptionError
 from ..plan import DEFAULT_MAX_PIXELS
+from .base import engine_options
 
 
 @click.command("serve")
-@click.option("--engine", type=click.Path(dir_okay=False),
-              help="model.pt, .pt2, .onnx or .plan; default: the bundled demo model.")
+@engine_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (loopback by default: put a reverse proxy in front for "
                    "TLS and auth).")
@@ -29,11 +28,6 @@ from ..plan import DEFAULT_MAX_PIXELS
               help="How long a batch waits for more frames, in microseconds.")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Frames admitted at once; past it requests get 503 with Retry-After.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="PyTorch engines: fp32, fp16 (CUDA) or bf16.")
-@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="PyTorch engines: auto, fast (CUDA only) or plain.")
 @click.option("--max-body-mb", default=64.0, show_default=True,
               type=click.FloatRange(0.001, 65536),
               help="Largest request body, in MiB (after decompression); larger ones get 413.")
