@@ -106,3 +106,27 @@ def test_a_frame_at_a_multiple_is_not_padded(model):
     with torch.inference_mode():
         assert torch.equal(engine.synthesize(lab, ins), real(lab, ins))
     assert calls == [(1, 1, 32, 48)]                         # exactly the input, no padding
+
+
+def test_run_with_a_dynamic_onnx_engine_at_video_sizes(tmp_path, model):
+    """The acceptance sizes through `run --engine x.onnx`: one dynamic-size graph, 1000x600 and
+    1920x1080 frames, each of its input's size and within ±1 level of the network on the padded
+    maps (ONNX Runtime and PyTorch add in another order)."""
+    r = CliRunner().invoke(main, ["export", "--engine", str(model), "--format", "onnx",
+                                  "--out", str(tmp_path / "d.onnx"), "--height", "32",
+                                  "--width", "48", "--dynamic-size", "--no-check"])
+    assert r.exit_code == 0, r.output
+    engine = TorchEngine(model, "cpu")
+    for H, W in ((600, 1000), (1080, 1920)):
+        label, inst = maps(H, W, seed=W)
+        root = tmp_path / f"{W}x{H}"
+        for d, a in (("test_label", label), ("test_inst", inst)):
+            (root / d).mkdir(parents=True)
+            Image.fromarray(a).save(root / d / "f.png")
+        r = CliRunner().invoke(main, ["run", str(root / "test_label"), "--engine",
+                                      str(tmp_path / "d.onnx"), "--out", str(root / "o"),
+                                      "--no-progress"])
+        assert r.exit_code == 0, r.output
+        got = np.asarray(Image.open(root / "o" / "f.png"))
+        assert got.shape == (H, W, 3)
+        assert np.abs(got.astype(int) - reference(engine, label, inst)).max() <= 1
