@@ -1,6 +1,15 @@
 """Small builders the test modules share (conftest.py has the fixtures)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
 
 from p2phd_infer.checkpoint import Checkpoint, save_checkpoint
@@ -24,3 +33,48 @@ def random_checkpoint(cfg: ModelConfig, seed: int = 0, features=None,
 def save_random_model(path, cfg: ModelConfig, seed: int = 0, **kw):
     save_checkpoint(random_checkpoint(cfg, seed, **kw), path)
     return path
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def cli_server(args: list, log: Path, threads: int = 1, timeout_s: float = 90):
+    """`p2phd-infer ARGS --host 127.0.0.1 --port P` as a subprocess, yielded as (proc, url) once
+    /v2/health/ready answers 200; stopped with SIGTERM (then killed) at the end. Output goes to
+    `log`, which an error quotes."""
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from p2phd_infer.cli import main; main()",
+             *map(str, args), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=logf, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{args[0]} exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "/v2/health/ready", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{args[0]} not ready in {timeout_s} s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

@@ -11,17 +11,12 @@ import base64
 import io
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from helpers import cli_server
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="Playwright for Python is not installed "
@@ -42,47 +37,13 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (ap
 START_TIMEOUT_S = 90
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("editor") / "edit.log"
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from p2phd_infer.cli import main; main()", "edit",
-             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--mode", "plain"],
-            stdout=logf, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"edit exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(url + "/v2/health/ready", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not ready in {START_TIMEOUT_S} s:\n{log.read_text()}")
-            time.sleep(0.2)
+    with cli_server(["edit", "--device", "cpu", "--mode", "plain"], log, threads=2,
+                    timeout_s=START_TIMEOUT_S) as (proc, url):
         assert f"open {url}/" in log.read_text()          # it prints the URL it serves
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

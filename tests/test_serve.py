@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -37,7 +35,7 @@ from p2phd_infer.config import ModelConfig  # noqa: E402
 from p2phd_infer.engines import Engine, TorchEngine  # noqa: E402
 from p2phd_infer.errors import InputError  # noqa: E402
 from p2phd_infer.serve.kserve import decode_request, encode_response  # noqa: E402
-from helpers import random_checkpoint
+from helpers import cli_server, random_checkpoint  # noqa: E402
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=1, n_blocks_global=1, n_blocks_local=1)
 FEAT = ModelConfig(label_nc=30, feat_num=3, ngf=4, n_downsample_global=1, n_blocks_global=1,
@@ -60,12 +58,6 @@ def png(a: np.ndarray, dtype) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a.astype(dtype)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -98,39 +90,10 @@ class Server:
 
 @contextmanager
 def serve(engine: Path, *args, log_dir: Path):
-    port = free_port()
-    log = log_dir / f"serve-{port}.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from p2phd_infer.cli import main; main()", "serve",
-             "--engine", str(engine), "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", *map(str, args)],
-            stdout=logf, stderr=subprocess.STDOUT, env=env)
-    server = Server(proc, port, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                if server.get("/v2/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready in {START_TIMEOUT_S} s:\n"
-                                     f"{log.read_text()}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    log = log_dir / f"serve-{uuid.uuid4().hex[:8]}.log"
+    with cli_server(["serve", "--engine", engine, "--log-level", "warning", *args], log,
+                    timeout_s=START_TIMEOUT_S) as (proc, url):
+        yield Server(proc, int(url.rsplit(":", 1)[1]), log)
 
 
 def multipart(fields: dict) -> tuple[bytes, dict]:
