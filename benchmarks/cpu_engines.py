@@ -54,7 +54,8 @@ QUICK = ModelConfig(ngf=8, n_downsample_global=3, n_blocks_global=3, n_blocks_lo
 
 # The same random weights and scenes as the throughput benchmark (this folder's throughput.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import random_checkpoint, random_scene  # noqa: E402
+from throughput import (official_encode, official_tensor2im, random_checkpoint,  # noqa: E402
+                        random_scene)
 
 
 # ---------------------------------------------------------------- the official way
@@ -66,30 +67,16 @@ class Official:
         self.cfg = ckpt.config
         self.net = ckpt.build_generator().eval()
 
-    def encode(self, label_f: torch.Tensor, inst_f: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = label_f.shape
-        one_hot = torch.zeros(B, self.cfg.label_nc, H, W).scatter_(1, label_f.long(), 1.0)
-        edge = torch.zeros_like(inst_f, dtype=torch.bool)
-        dx = inst_f[..., :, 1:] != inst_f[..., :, :-1]
-        dy = inst_f[..., 1:, :] != inst_f[..., :-1, :]
-        edge[..., :, 1:] |= dx
-        edge[..., :, :-1] |= dx
-        edge[..., 1:, :] |= dy
-        edge[..., :-1, :] |= dy
-        return torch.cat([one_hot, edge.float()], 1)
-
     @torch.no_grad()
     def __call__(self, label: np.ndarray, inst: np.ndarray) -> torch.Tensor:
         label_f = torch.from_numpy(label).float()[None, None]
         inst_f = torch.from_numpy(inst).float()[None, None]
-        return self.net(self.encode(label_f, inst_f))
+        return self.net(official_encode(label_f, inst_f, self.cfg.label_nc))
 
     def file_to_file(self, label_png: Path, inst_png: Path, out: Path) -> None:
         label = np.asarray(Image.open(label_png), dtype=np.int32)
         inst = np.asarray(Image.open(inst_png)).astype(np.int32)
-        x = self(label, inst)[0].numpy()          # util.tensor2im: [-1,1] -> [0,255], truncating
-        rgb = np.clip((np.transpose(x, (1, 2, 0)) + 1) / 2.0 * 255.0, 0, 255).astype(np.uint8)
-        Image.fromarray(rgb).save(out)
+        Image.fromarray(official_tensor2im(self(label, inst))).save(out)
 
 
 # ---------------------------------------------------------------- timing

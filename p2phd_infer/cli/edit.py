@@ -1,8 +1,6 @@
 """`p2phd-infer edit`: the editor (p2phd_infer/serve/editor.py) in a browser, on the serve app."""
 from __future__ import annotations
 
-import signal
-import sys
 from pathlib import Path
 
 import click
@@ -10,7 +8,7 @@ import click
 from ..errors import InputError, MissingDependency
 from ..plan import DEFAULT_MAX_PIXELS
 from .base import engine_options
-from .serve import _listen
+from .serve import _listen, run_server
 
 
 @click.command("edit")
@@ -38,7 +36,7 @@ def edit_cmd(label, inst, engine, host, port, device, precision, mode, max_batch
     bundled samples are always offered.
     """
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - a missing server package fails before the engine loads
 
         from ..serve.app import create_app
         from ..serve.editor import Sample, demo_samples
@@ -65,15 +63,4 @@ def edit_cmd(label, inst, engine, host, port, device, precision, mode, max_batch
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     click.echo(f"p2phd-infer edit: {eng.name} on {eng.device}; open http://{shown}:{bound[1]}/",
                err=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                           access_log=False))
-    # As in serve.py: uvicorn re-raises SIGTERM after its graceful shutdown; a no-op handler
-    # there makes that shutdown exit 0.
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        sock.close()
-    if not server.started:
-        sys.exit(1)
+    run_server(app, sock, log_level)

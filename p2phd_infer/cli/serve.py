@@ -45,7 +45,7 @@ def serve_cmd(engine, host, port, model_name, max_batch_size, max_delay_us, max_
     accepting, answers every admitted request, closes the runtime and exits 0.
     """
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - a missing server package fails before the engine loads
 
         from ..serve.app import create_app
     except ImportError as e:
@@ -64,8 +64,15 @@ def serve_cmd(engine, host, port, model_name, max_batch_size, max_delay_us, max_
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     click.echo(f"p2phd-infer serve: model {model_name!r} ({eng.name}, {eng.device}) on "
                f"http://{shown}:{bound[1]}", err=True)
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
+    run_server(app, sock, log_level)
+
+
+def run_server(app, sock: socket.socket, log_level: str) -> None:
+    """The app on uvicorn over a listening socket, until SIGTERM or Ctrl-C; exit 1 if it never
+    started (serve and edit)."""
+    import uvicorn
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                           access_log=False))
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish requests, lifespan shutdown),
     # then raises the signal again against the handler that was there before it. A no-op there
     # makes a finished graceful shutdown exit 0 instead of dying of that second signal.
