@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .api import make_style
 from .engines import Engine, open_engine
-from .errors import Error, OptionError, record_of
+from .errors import EngineError, Error, OptionError, record_of
 from .files import remove_stale_temps
 from .locations import existing, is_uri, join, resolve
 from .plan import IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan, sample_labels
@@ -32,7 +32,8 @@ def choose_backend(opts: RunOptions, device=None) -> tuple[str, str]:
     device = opts.device if device is None else device
     is_pt = opts.engine is None or Path(opts.engine).suffix.lower() == ".pt"
     if not is_pt:
-        return "file", "an exported engine file"
+        return "file", ("an exported engine file" if opts.backend == "auto"
+                        else f"--backend {opts.backend}")
     if opts.backend != "auto":
         return opts.backend, f"--backend {opts.backend}"
     from .engines import resolve_device
@@ -60,23 +61,27 @@ def open_run_engine(opts: RunOptions, device=None) -> Engine:
         if opts.mode == "fast" or opts.compile:
             raise OptionError("--backend", "openvino takes neither --mode fast nor --compile "
                                            "(PyTorch engine options)")
-        from .engines import default_engine_path
+        from .checkpoint import load_checkpoint
+        from .engines import TorchEngine, default_engine_path
         from .engines.openvino import open_openvino
-        log = (lambda message: tqdm.write(message, file=sys.stderr)) if opts.progress else None
-        engine = open_openvino(opts.engine or default_engine_path(), device,
-                               precision=opts.precision, log=log)
+        path = Path(opts.engine) if opts.engine is not None else default_engine_path()
+        if not path.is_file():
+            raise EngineError(path, "no such engine file" if not path.exists() else "not a file")
+        ckpt = load_checkpoint(path)
+        if ckpt.config.label_nc == 0:
+            # The OpenVINO conversion traces label ids; an RGB-input model runs on PyTorch.
+            engine = TorchEngine(ckpt, device, precision=opts.precision, mode=opts.mode)
+            engine.path = path
+            why = "label_nc 0 (RGB input): OpenVINO converts id-map models only"
+        else:
+            log = (lambda message: tqdm.write(message, file=sys.stderr)) if opts.progress \
+                else None
+            engine = open_openvino(path, device, precision=opts.precision, log=log,
+                                   checkpoint=ckpt)
     else:
+        # An exported file: its suffix decides, or --backend (openvino also runs an .onnx).
         engine = open_engine(opts.engine, device, precision=opts.precision,
-                             compile=opts.compile, mode=opts.mode,
-                             backend="openvino" if backend == "openvino" else "auto")
-    if engine.config.label_nc == 0 and engine.info.backend == "openvino" and \
-            getattr(engine, "checkpoint", None) is not None:
-        # The OpenVINO conversion traces label ids; an RGB-input model runs on PyTorch.
-        from .engines import TorchEngine
-        engine = TorchEngine(engine.checkpoint, device, precision=opts.precision,
-                             mode=opts.mode)
-        engine.path = Path(opts.engine) if opts.engine is not None else None
-        why = "label_nc 0 (RGB input): OpenVINO converts id-map models only"
+                             compile=opts.compile, mode=opts.mode, backend=opts.backend)
     engine.info.extra["chosen_because"] = why
     return engine
 

@@ -550,8 +550,10 @@ def cached_ir(ckpt_path: str | os.PathLike, height: int, width: int, precision: 
 
 def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str = "fp32",
                   streams: int | None = None, root: Path | None = None,
-                  log: Callable[[str], None] | None = None) -> "OpenvinoModelEngine":
-    """model.pt on OpenVINO's CPU plugin, converted per frame size on first use and cached."""
+                  log: Callable[[str], None] | None = None,
+                  checkpoint=None) -> "OpenvinoModelEngine":
+    """model.pt on OpenVINO's CPU plugin, converted per frame size on first use and cached.
+    `checkpoint`: the file already loaded (it is then not read again)."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():                 # worded as open_engine words it
         raise EngineError(ckpt_path, "no such engine file" if not ckpt_path.exists()
@@ -559,7 +561,7 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
     import_openvino()
     check_precision(precision)
     from ..checkpoint import load_checkpoint
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(ckpt_path)
 
     def build(height: int, width: int, rebuild: bool = False) -> Path:
         return cached_ir(ckpt_path, height, width, precision, checkpoint=ckpt, rebuild=rebuild,
