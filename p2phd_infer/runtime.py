@@ -43,7 +43,7 @@ from .image_io import LABEL_FORMATS, write_image
 from .labels import label_from_instance
 from .locations import is_uri
 from .plan import DEFAULT_MAX_PIXELS, Job
-from .synthesizer import to_uint8
+from .synthesizer import from_uint8, to_uint8
 
 
 # Frames decoded by Pillow come as read-only arrays; the ids are only read, never written, so
@@ -534,7 +534,7 @@ class Runtime:
             # The official RGB input: x/127.5 - 1, as the training side reads it
             # (train/datasets.py); the class of each pixel, for styles, from its instance id.
             B, _, H, W = label.shape
-            label = label.float() / 127.5 - 1.0
+            label = from_uint8(label)
             if inst is None:
                 inst = torch.zeros(B, 1, H, W, dtype=torch.int32, device=label.device)
             classes = label_from_instance(inst)

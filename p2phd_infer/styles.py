@@ -41,6 +41,7 @@ import torch
 from .errors import OptionError
 from .kernels.feature_scatter import feature_scatter
 from .labels import CITYSCAPES_NAMES, label_from_instance, resolve_label
+from .synthesizer import from_uint8
 
 _M32 = 0xFFFFFFFF
 
@@ -422,7 +423,7 @@ def photo_instance_means(info, style_image: Path, style_inst: Path | None, encod
     if rgb.shape[:2] != inst.shape:
         raise InputError(style_image, f"size {rgb.shape[1]}x{rgb.shape[0]} differs from its "
                                       f"instance map {style_inst} ({inst.shape[1]}x{inst.shape[0]})")
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    image = from_uint8(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None])
     inst_t = torch.from_numpy(inst)[None, None]
     enc_dev = next(encoder.parameters()).device
     try:

@@ -39,6 +39,12 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def from_uint8(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any layout) -> float in [-1,1]: x/127.5 - 1, how photos and RGB inputs enter
+    the networks (the inverse of to_uint8 up to its rounding)."""
+    return image.float() / 127.5 - 1.0
+
+
 def psnr(image: torch.Tensor, reference: torch.Tensor, peak: float = 2.0) -> float:
     """PSNR in dB between two images. Images in [-1,1] (peak-to-peak 2, the default) are measured
     on the [0,1] scale; uint8 images take peak=255."""

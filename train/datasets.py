@@ -22,6 +22,7 @@ from PIL import Image
 
 from p2phd_infer.errors import Error, InputError, OptionError
 from p2phd_infer.image_io import read_id_png, read_rgb
+from p2phd_infer.synthesizer import from_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
@@ -324,7 +325,7 @@ class PairedDataset(torch.utils.data.Dataset):
 
 def _to_float(rgb: np.ndarray) -> torch.Tensor:
     """uint8 [H,W,3] -> float32 [3,H,W] in [-1,1]."""
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return from_uint8(torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1))
 
 
 def _resize_rgb(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
