@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EngineError, MissingDependency
-from .base import METADATA_KEY, Engine, info_from_json, resolve_device, sidecar_path
+from ..errors import EngineError
+from .base import METADATA_KEY, Engine, info_from_json, resolve_device
 
 INT_INPUTS = ("label", "inst", "style_inst")
 
@@ -47,10 +47,7 @@ class AotiEngine(Engine):
             raise EngineError(self.path, f"this package was compiled for {built_for}; it cannot "
                               f"run on {self.device.type} (export again with --device "
                               f"{self.device.type})")
-        index = -1 if self.device.type == "cpu" else (
-            self.device.index if self.device.index is not None else torch.cuda.current_device())
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", index)
+        index = -1 if self.device.type == "cpu" else self.device.index    # resolve_device: cuda:N
         try:
             self.model = torch._inductor.aoti_load_package(str(self.path), device_index=index)
         except Exception as e:  # noqa: BLE001 - any loader fault is a bad or foreign package
@@ -59,8 +56,8 @@ class AotiEngine(Engine):
                               f"({e.__class__.__name__}: {first})") from None
         meta = meta if METADATA_KEY in meta else self.model.get_metadata()
         if METADATA_KEY not in meta:
-            raise EngineError(self.path, f"no p2phd-infer metadata in this package (export it "
-                              f"with `p2phd-infer export --format aoti`)")
+            raise EngineError(self.path, "no p2phd-infer metadata in this package (export it "
+                              "with `p2phd-infer export --format aoti`)")
         self.info = info_from_json(meta[METADATA_KEY], self.path)
         self.input_names = list(self.info.extra.get("inputs", ["label", "inst"]))
         self.dtype = torch.float16 if self.info.precision == "fp16" else torch.float32

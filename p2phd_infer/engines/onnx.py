@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError, MissingDependency
-from .base import METADATA_KEY, Engine, info_from_json, resolve_device, sidecar_path
+from .base import METADATA_KEY, Engine, info_from_json, resolve_device
 
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 INT_INPUTS = ("label", "inst", "style_inst")
@@ -36,13 +36,11 @@ def _choose_device(device, available: list[str]) -> torch.device:
     has_cuda_provider = any(p in available for p in CUDA_PROVIDERS)
     if device is None or device == "auto":
         cuda = torch.cuda.is_available() and has_cuda_provider
-        return torch.device("cuda" if cuda else "cpu")
+        return resolve_device("cuda" if cuda else "cpu")
     dev = resolve_device(device)
     if dev.type == "cuda" and not has_cuda_provider:
         raise MissingDependency("--device", "cuda asked for, but this onnxruntime has no CUDA provider "
                           "(pip install onnxruntime-gpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise EngineError("--device", f"ONNX engines run on cpu or cuda, not {dev.type}")
     return dev
 
 
@@ -63,8 +61,8 @@ class OnnxEngine(Engine):
             raise EngineError(self.path, f"not a loadable ONNX model ({e.__class__.__name__}: "
                               f"{first})") from None
         if METADATA_KEY not in meta:
-            raise EngineError(self.path, f"no p2phd-infer metadata in this ONNX file (export it "
-                              f"with `p2phd-infer export --format onnx`)")
+            raise EngineError(self.path, "no p2phd-infer metadata in this ONNX file (export it "
+                              "with `p2phd-infer export --format onnx`)")
         self.info = info_from_json(meta[METADATA_KEY], self.path)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.providers = self.session.get_providers()
@@ -72,8 +70,7 @@ class OnnxEngine(Engine):
     def _providers(self, available: list[str]) -> list:
         if self.device.type == "cpu":
             return ["CPUExecutionProvider"]
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        self.device = torch.device("cuda", index)
+        index = self.device.index                 # resolve_device gives cuda:N
         chosen: list = []
         if "TensorrtExecutionProvider" in available:
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \

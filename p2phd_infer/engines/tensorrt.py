@@ -73,8 +73,6 @@ class TensorRTEngine(Engine):
         self.device = resolve_device("cuda" if device in (None, "auto") else device)
         if self.device.type != "cuda":
             raise EngineError("--device", "TensorRT engines run on CUDA only (--device cuda)")
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
         logger = trt_logger(trt)
         with torch.cuda.device(self.device):
             torch.cuda.init()
