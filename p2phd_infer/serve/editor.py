@@ -240,7 +240,7 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
         rest, own, copies = split_instance_style(style)
         for v in fresh:
             own.pop(v, None)
-        frames_l, frames_i, entries = [], [], []
+        frames_l, frames_i = [], []
         for j, v in enumerate(fresh):
             frame = inst_c.copy()
             frame[inst_c == iid] = v
