@@ -30,9 +30,10 @@ def label_range_fault(lo: int, hi: int, label_nc: int) -> str | None:
 
 def as_ids(x, what: str, name: str, device: torch.device | None = None) -> torch.Tensor:
     """numpy/torch integer ids, [H,W] or with leading batch/channel dims -> a tensor of the same
-    shape: int32 when on the host (InputError for ids outside int32: they would wrap and merge
-    instances); on `device` (a CUDA device) tensors already there keep their dtype, since a range
-    check there would wait for the device."""
+    shape: on the host uint8 stays uint8 (a quarter of the bytes to copy to a device; consumers
+    widen there) and every other integer type becomes int32 (InputError for ids outside int32:
+    they would wrap and merge instances); on `device` (a CUDA device) tensors already there keep
+    their dtype, since a range check there would wait for the device."""
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
             raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
@@ -56,7 +57,7 @@ def as_ids(x, what: str, name: str, device: torch.device | None = None) -> torch
         if lo < INT32_MIN or hi > INT32_MAX:
             raise InputError(name, f"{what} holds id {hi if hi > INT32_MAX else lo}, outside "
                                    f"int32 (instance ids are kept exact, never wrapped)")
-    return t.to(torch.int32)
+    return t if t.dtype == torch.uint8 else t.to(torch.int32)
 
 
 def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig, name: str, *,

@@ -218,8 +218,8 @@ class Backend:
         if not torch.isfinite(feat_t).all():
             raise InputError("feat", "holds NaN or infinite values")
         dev = resolve_device(self.engine.device)
-        label_t = label_t.to(dev)
-        inst_t = label_t if inst_t is None else inst_t.to(dev)
+        label_t = label_t.to(dev).to(torch.int32)
+        inst_t = label_t if inst_t is None else inst_t.to(dev).to(torch.int32)
         try:
             with torch.inference_mode():
                 image = self.shared.synthesize(label_t, inst_t, feat_t.to(dev))
