@@ -27,6 +27,8 @@ CITYSCAPES_LABELS: dict[int, tuple[str, tuple[int, int, int]]] = {
     31: ("train", (0, 80, 100)), 32: ("motorcycle", (0, 0, 230)), 33: ("bicycle", (119, 11, 32)),
 }
 CITYSCAPES_NAMES: dict[int, str] = {i: name for i, (name, _) in CITYSCAPES_LABELS.items()}
+# The classes with instances (hasInstances in the official label table): person .. bicycle.
+CITYSCAPES_THINGS = frozenset(range(24, 34))
 
 
 def label_from_instance(inst: torch.Tensor) -> torch.Tensor:

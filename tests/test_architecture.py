@@ -14,7 +14,8 @@ FOLDERS = {"p2phd_infer": "p2phd_infer", "train": "p2phd_infer.train",
 # imports nothing: both sit with the kernels, at the bottom.
 BOTTOM = ["labels", "errors"]
 MODEL = ["config", "networks", "checkpoint", "official", "instance_features", "label_names",
-         "synthesizer", "styles", "ids", "image_io", "files", "locations", "palette"]
+         "synthesizer", "styles", "ids", "image_io", "files", "locations", "palette", "sim",
+         "label_map"]
 RUNTIME = ["runtime", "plan", "api", "local_run", "ray_run", "serve", "video"]
 
 
