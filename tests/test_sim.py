@@ -185,7 +185,7 @@ def test_label_map_refuses_unmapped_ids_naming_file_pixel_and_id(tmp_path):
     ('{"1": 7, "#000000": 0}', "mixes id and colour"),
     ("1 seven\n", "model id 'seven' is not an integer"),
     ("1 7 3\n", "expected `SOURCE MODEL_ID`"),
-    ("[" * 100000 + "]" * 100000, "nested too deeply|not valid JSON"),
+    pytest.param("[" * 100000 + "]" * 100000, "nested too deeply|not valid JSON", id="deep"),
     ("", "no entries"),
 ])
 def test_label_map_faults_are_one_line(tmp_path, text, fault):
@@ -198,3 +198,24 @@ def test_label_map_faults_are_one_line(tmp_path, text, fault):
 def test_label_map_checks_model_ids():
     with pytest.raises(InputError, match="maps id 3 to 40, outside the model's ids 0..34"):
         LabelMap({3: 40}, "m.json").for_model(35)
+
+
+def test_sim_loop_runs_in_quick_form(tmp_path, one_thread):
+    """benchmarks/sim_loop.py --quick: a moving scene through the API's Runtime into an mp4."""
+    import importlib.util
+    from pathlib import Path
+
+    from click.testing import CliRunner
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sim_loop.py"
+    spec = importlib.util.spec_from_file_location("sim_loop", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    labels = mod.moving_scene(64, 32, 3)
+    assert not np.array_equal(labels[0], labels[2])          # the objects move
+    res = CliRunner().invoke(mod.main, ["--quick", "--out-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "| loop, batch 1, synchronous" in res.output
+    doc = json.loads((tmp_path / "sim_loop.json").read_text())
+    assert [r["batch"] for r in doc["rows"]] == [1, 1, 2]
+    assert all(r["frames_per_s"] > 0 for r in doc["rows"])
+    assert (tmp_path / "sim_loop.mp4").stat().st_size > 0
