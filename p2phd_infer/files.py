@@ -5,6 +5,11 @@ that filesystem), and is renamed over the target only when complete: a reader, a
 a concurrent writer of the same target never sees a partial file, and the last writer wins. On
 any failure the temporary file is removed and the error names the target.
 
+A target that exists and is not a regular file (a folder, a symbolic link, a device such as
+/dev/null, a FIFO, a socket) is refused, never replaced: the rename would turn /dev/null into a
+file, or a link into a copy. Writers that take a stream (`--summary-json -`) pass `streams=True`:
+"-", /dev/stdout and /dev/stderr are then written to as they are.
+
 Temporary names are `.<start of the name>.<pid>-<random>.p2tmp`: unique per write (threads and
 processes), short enough for a 255-byte target name, and recognisable, so a rerun can remove the
 ones a killed process left (`remove_stale_temps`), never a live writer's.
@@ -13,16 +18,19 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from .errors import OutputError
-from .locations import FILESYSTEMS, is_uri
+from .locations import FILESYSTEMS, describe_mode, is_uri
 
 TEMP_SUFFIX = ".p2tmp"
 _TEMP_RE = re.compile(r"^\..*\.(\d+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"(\.[A-Za-z0-9]+)?$")
 _NAME_KEEP = 32       # bytes of the target's name kept in its temporary name
+STREAMS = {"-": "stdout", "/dev/stdout": "stdout", "/dev/stderr": "stderr"}
 
 
 def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
@@ -37,16 +45,38 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_RE.match(name) is not None
 
 
+def is_stream(path: str | os.PathLike) -> bool:
+    """"-", /dev/stdout or /dev/stderr: written to as a stream where a writer allows it."""
+    return str(path) in STREAMS
+
+
+def refuse_special(path: str | os.PathLike) -> None:
+    """OutputError if `path` exists and is not a regular file (the link itself is looked at,
+    not what it points to)."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return                  # missing (or unreachable: the write will say why)
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(path, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(path, f"is {describe_mode(st.st_mode)}, not a regular file; an output "
+                                f"never replaces one (remove it or choose another path)")
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Path], None], *,
-                 suffix: str = "", make_parents: bool = True) -> None:
+                 suffix: str = "", make_parents: bool = True, streams: bool = False) -> None:
     """Write `data` (bytes, text, or a function that writes a file at the path it is given) to
-    `path` atomically. OutputError naming `path` on any failure; nothing is left behind.
+    `path` atomically. OutputError naming `path` on any failure; nothing is left behind. A
+    `path` that exists and is not a regular file is refused (refuse_special); with `streams`,
+    "-", /dev/stdout and /dev/stderr are written to as streams instead.
     `path` may be a URI (locations.py): the same temporary name and move on that filesystem."""
+    if streams and is_stream(path):
+        return _write_stream(str(path), data)
     if is_uri(path):
         return _write_uri(str(path), data)
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(path, "is a folder, not a file")
+    refuse_special(path)
     try:
         if make_parents:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,11 +104,31 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
                 pass
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """OutputError now, before any slow work, if `path` could not be written later."""
+def _write_stream(name: str, data) -> None:
+    stream = getattr(sys, STREAMS[name])
+    if callable(data):
+        raise OutputError(name, "only bytes or text can be written to a stream")
+    try:
+        if isinstance(data, str):
+            stream.write(data)
+        elif getattr(stream, "buffer", None) is not None:
+            stream.flush()
+            stream.buffer.write(data)
+        else:
+            stream.write(data.decode())
+        stream.flush()
+    except (OSError, ValueError) as e:
+        raise OutputError(name, f"cannot be written ({getattr(e, 'strerror', None) or e})") \
+            from None
+
+
+def check_writable(path: str | os.PathLike, *, streams: bool = False) -> None:
+    """OutputError now, before any slow work, if `path` could not be written later (with
+    `streams`, as write_atomic, "-", /dev/stdout and /dev/stderr always can)."""
+    if streams and is_stream(path):
+        return
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(path, "is a folder, not a file")
+    refuse_special(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

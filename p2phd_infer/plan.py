@@ -133,7 +133,7 @@ class RunSummary:
                 f"({self.seconds:.1f} s){where}{ran}")
 
     def write_json(self, path: str) -> None:
-        write_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
+        write_atomic(path, json.dumps(asdict(self), indent=2) + "\n", streams=True)
 
 
 def sample_labels() -> Path:

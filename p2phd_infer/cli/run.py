@@ -101,7 +101,7 @@ def run_cmd(fp16, no_progress, **options):
         options["labels"], options["ray"] = options["ray"], ""
     opts = RunOptions(progress=not no_progress, **options)
     if opts.summary_json:
-        check_writable(opts.summary_json)
+        check_writable(opts.summary_json, streams=True)
     if opts.format == "mp4" and opts.ray is not None:
         raise OptionError("--format", "mp4 is encoded by the local executor; drop --ray")
     if opts.ray is not None:
