@@ -55,6 +55,18 @@ def check_state(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> No
                                   f"needs {tuple(v.shape)}")
 
 
+def check_finite(tensors: dict, what: str) -> None:
+    """CheckpointError naming the first tensor that holds NaN or infinite values: weights like
+    that give black images with nothing to say why."""
+    for k, v in tensors.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and \
+                not bool(torch.isfinite(v).all()):
+            n = int(v.numel() - torch.isfinite(v).sum())
+            raise CheckpointError(f"{what}.{k} holds {n:,} NaN or infinite value"
+                                  f"{'s' if n > 1 else ''} (of {v.numel():,}): the weights are "
+                                  f"damaged (a diverged training run?)")
+
+
 def _build_loaded(build, cfg: ModelConfig, state: dict[str, torch.Tensor], what: str) -> nn.Module:
     # Built on the meta device and given the loaded tensors: no random init of 183 M parameters
     # only to overwrite them.
@@ -191,7 +203,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         generator = _check_state_dict(data["generator"], "generator")
         encoder = None if data.get("encoder") is None else \
             _check_state_dict(data["encoder"], "encoder")
+        check_finite(generator, "generator")
+        if encoder is not None:
+            check_finite(encoder, "encoder")
         features = _check_features(data.get("features"), cfg.feat_num)
+        if features is not None:
+            check_finite(features, "features")
         names = _check_label_names(data.get("label_names"))
         ckpt = Checkpoint(cfg, generator, encoder, features, names,
                           {k: v for k, v in data.items() if k not in known})

@@ -2,6 +2,8 @@
 
 Label maps are 8- or 16-bit single-channel PNGs of class ids; instance maps are 16-bit PNGs
 (Cityscapes `*_instanceIds.png`). Both decode to exact int32: ids never pass through a float.
+Greyscale PNGs of 1, 2 or 4 bits a sample decode to the values stored (bit depth from the IHDR
+header): Pillow scales them to 0..255 (a 4-bit 2 reads as 34), which would be a valid, wrong id.
 """
 from __future__ import annotations
 
@@ -38,6 +40,25 @@ def read_id_png(location: str | os.PathLike | bytes, max_pixels: int | None = No
 
 LABEL_FORMATS = ("auto", "ids", "color")
 _ID_MODES = ("L", "P", "I", "1")
+_GREYSCALE = 0                 # PNG colour type of a greyscale image without alpha
+
+
+def png_header(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk (the first chunk, bytes 8..33), or None
+    where the bytes do not start with one."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    return data[24], data[25]
+
+
+def _stored_greyscale(arr: np.ndarray, depth: int, location) -> np.ndarray:
+    """Pillow's 0..255 samples of a 2- or 4-bit greyscale PNG -> the values stored (Pillow
+    multiplies them by 255 / (2**depth - 1): exact, so the division is too)."""
+    scale = 255 // (2 ** depth - 1)
+    if (arr % scale).any():     # a decoder that scaled otherwise: refuse rather than guess
+        raise InputError(location, f"a {depth}-bit greyscale PNG whose samples do not decode "
+                                   f"exactly; save it as an 8-bit map")
+    return arr // scale
 
 
 def read_label_png(location: str | os.PathLike | bytes, max_pixels: int | None = None, *,
@@ -84,6 +105,10 @@ def read_label_png(location: str | os.PathLike | bytes, max_pixels: int | None =
             im.load()
             if mode in ("L", "P", "1"):
                 arr = np.asarray(im, dtype=np.uint8)
+                header = png_header(data)
+                if mode == "L" and header is not None and header[1] == _GREYSCALE and \
+                        header[0] < 8:
+                    arr = _stored_greyscale(arr, header[0], location)
             elif mode.startswith("I;16"):
                 arr = np.asarray(im).astype(np.uint16)
             else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, check_state, torch_load
+from .checkpoint import Checkpoint, check_finite, check_state, torch_load
 from .errors import CheckpointError
 from .files import write_atomic
 from .config import ModelConfig
@@ -217,6 +217,12 @@ def import_official(generator: str | Path, encoder: str | Path | None = None,
                 check_state(build_encoder(cfg), e_state, "encoder")
             except CheckpointError as e:
                 raise CheckpointError(f"{encoder}: {e}") from None
+    for path, state, what in ((generator, g_state, "generator"), (encoder, e_state, "encoder")):
+        if state is not None:
+            try:
+                check_finite(state, what)
+            except CheckpointError as e:
+                raise CheckpointError(f"{path}: {e}") from None
     feats = None
     if features is not None:
         feats = read_official_features(features)

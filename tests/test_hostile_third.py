@@ -9,18 +9,24 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
+import zlib
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import TorchEngine
-from p2phd_infer.errors import OutputError
+from p2phd_infer.checkpoint import save_checkpoint
+from p2phd_infer.errors import EngineError, EngineFault, OutputError
+from p2phd_infer.image_io import read_id_png
+from p2phd_infer.networks import build_generator
 from p2phd_infer.runtime import Runtime
-from helpers import save_random_model
+from helpers import random_checkpoint, save_random_model
 
 TINY = ModelConfig(label_nc=8, use_instance=False, ngf=2, netG="global", n_downsample_global=2,
                    n_blocks_global=1)                   # no instance map needed; minimum 8x8
@@ -136,3 +142,126 @@ def test_a_labels_folder_linked_to_root_is_bounded(tmp_path, model, monkeypatch)
     code, errors, _ = run(tmp_path / "l", "--engine", model, "--out", tmp_path / "o")
     assert code == 2 and len(errors) == 1, errors
     assert errors[0].startswith("error: /: holds more than 5,000 files")   # the resolved folder
+
+
+# ------------------------------------------------- 3. no silent black images
+
+def _damaged(path, key_of, value):
+    ckpt = random_checkpoint(TINY)
+    key = key_of(ckpt.generator)
+    ckpt.generator[key] = ckpt.generator[key].clone()
+    ckpt.generator[key].view(-1)[:3] = value
+    save_checkpoint(ckpt, path)
+    return key
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load(tmp_path, value):
+    model = tmp_path / "model.pt"
+    key = _damaged(model, lambda g: sorted(g)[-1], value)
+    labels = folder(tmp_path / "l", n=1)
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o")
+    assert code == 2 and errors == [f"error: {model}: generator.{key} holds 3 NaN or infinite "
+                                    f"values (of {random_checkpoint(TINY).generator[key].numel()}"
+                                    f"): the weights are damaged (a diverged training run?)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_official_weights_are_refused_at_import(tmp_path):
+    g = tmp_path / "latest_net_G.pth"
+    state = build_generator(TINY).state_dict()
+    state["model.1.weight"][0, 0, 0, 0] = float("-inf")
+    torch.save(state, g)
+    r = CliRunner().invoke(main, ["import-official", "--generator", str(g), "--label-nc", "8",
+                                  "--no-instance", "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip() == f"error: {g}: generator.model.1.weight holds 1 NaN or infinite " \
+                               f"value (of {state['model.1.weight'].numel()}): the weights are " \
+                               f"damaged (a diverged training run?)"
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_non_finite_output_fails_its_frame_naming_the_engine(tmp_path):
+    # Finite weights that overflow float32 inside the network: conv -> inf, instance norm ->
+    # NaN. Loaded fine; the output check catches it.
+    model = tmp_path / "huge.pt"
+    ckpt = random_checkpoint(TINY)
+    ckpt.generator["model.1.weight"] = torch.full_like(ckpt.generator["model.1.weight"], 3e38)
+    save_checkpoint(ckpt, model)
+    label, _ = maps()
+    with Runtime(TorchEngine(model, "cpu")) as rt:
+        with pytest.raises(EngineFault, match=rf"{model}: the network's output holds NaN or "
+                                              rf"infinite values \(its frame\)"):
+            rt.submit(label).result(60)
+    labels = folder(tmp_path / "l", n=1)
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o")
+    assert code == 1 and len(errors) == 1 and "NaN or infinite" in errors[0] and \
+        str(model) in errors[0]
+    assert not (tmp_path / "o" / "f0.png").exists()
+
+
+def test_the_output_check_names_the_frames_of_a_batch(tmp_path, model):
+    engine = TorchEngine(model, "cpu")
+    image = torch.zeros(3, 3, 8, 8)
+    assert engine.check_finite(image) is image
+    image[1, 0, 2, 2] = float("nan")
+    image[2, 1, 0, 0] = float("-inf")
+    with pytest.raises(EngineError, match=r"\(frames 1, 2 of the batch\)"):
+        engine.check_finite(image)
+
+
+# ------------------------------------------------- 4. sub-8-bit greyscale maps keep their ids
+
+def packed_png(values: np.ndarray, depth: int, colour_type: int = 0, plte: bytes = b"") -> bytes:
+    """A PNG of `depth`-bit samples as stored (Pillow cannot write 2- or 4-bit greyscale)."""
+    H, W = values.shape
+    rows = b""
+    for r in values:
+        bits = "".join(format(int(v), f"0{depth}b") for v in r)
+        bits += "0" * (-len(bits) % 8)
+        rows += b"\0" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, depth,
+                                                               colour_type, 0, 0, 0))
+            + (chunk(b"PLTE", plte) if plte else b"") + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_sub_8_bit_greyscale_maps_read_as_stored(depth):
+    values = (np.arange(64).reshape(4, 16) * 7) % 2 ** depth     # every value the depth holds
+    assert np.array_equal(read_id_png(packed_png(values, depth)), values)
+    # A palette-indexed map of the same depth holds indices: read as they are, as before.
+    plte = bytes(range(3 * 2 ** depth))
+    assert np.array_equal(read_id_png(packed_png(values, depth, 3, plte)), values)
+
+
+def test_a_4_bit_map_runs_as_its_8_bit_twin(tmp_path, model):
+    label = maps(0)[0] % 3                                        # ids 0, 1, 2
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f.png").write_bytes(packed_png(label, 4))  # was read as 0, 17, 34
+    Image.fromarray(label).save(tmp_path / "b" / "f.png")
+    for d in "ab":
+        code, errors, _ = run(tmp_path / d, "--engine", model, "--out", tmp_path / f"o{d}")
+        assert code == 0 and errors == []
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "oa" / "f.png")),
+                          np.asarray(Image.open(tmp_path / "ob" / "f.png")))
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_editor_decode_reads_a_2_bit_map_as_stored(model):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from p2phd_infer.serve.app import create_app
+    values = np.tile(np.arange(4), (16, 4))                       # holds 3, never 255
+    with TestClient(create_app(TorchEngine(model, "cpu"), editor=True)) as client:
+        r = client.post("/editor/decode", files={"label": ("two.png", packed_png(values, 2))})
+    assert r.status_code == 200, r.text
+    got = np.frombuffer(r.content, "<i4").reshape(2, 16, 16)
+    assert np.array_equal(got[0], values)

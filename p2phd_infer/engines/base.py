@@ -203,9 +203,25 @@ class Engine:
         H, W = label.shape[-2:]
         Hp, Wp = self.config.padded_size(H, W)
         if (Hp, Wp) == (H, W):
-            return self(label, inst, feat)
+            return self.check_finite(self(label, inst, feat))
         pad = [reflect_pad(t, Hp, Wp) if t is not None else None for t in (label, inst, feat)]
-        return self(*pad)[..., :H, :W]
+        return self.check_finite(self(*pad)[..., :H, :W])
+
+    def check_finite(self, image: torch.Tensor) -> torch.Tensor:
+        """`image`, or EngineError naming this engine if it holds NaN or infinite values: they
+        would be written as a black (or garbage) image with nothing to say why. One reduction
+        per batch; the frames at fault are named by their place in the batch."""
+        if not image.is_floating_point():
+            return image
+        finite = torch.isfinite(image).flatten(1).all(1)
+        if bool(finite.all()):
+            return image
+        bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+        which = "its frame" if image.shape[0] == 1 else \
+            f"frame{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:8]))} of the batch"
+        raise EngineError(self.name, f"the network's output holds NaN or infinite values "
+                                     f"({which}): damaged weights, or an overflow at precision "
+                                     f"{self.info.precision}")
 
     def style(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
               style_inst: torch.Tensor) -> torch.Tensor:
