@@ -80,6 +80,28 @@ class RuntimeClosed(Error):
         super().__init__("", fault)
 
 
+class NotFound(Error):
+    """What a request names (a model, a version, a path) does not exist here."""
+
+
+class TooLarge(Error):
+    """A request over a size limit of the server (its body, a decompressed body)."""
+
+
+class AccessDenied(Error):
+    """A request the server will not serve: another site's Origin, a Host header that is not the
+    server's, a missing or wrong API key. `unauthenticated`: no valid credentials were given (as
+    opposed to credentials that cannot help)."""
+
+    def __init__(self, path, fault: str | None = None, *, unauthenticated: bool = False):
+        super().__init__(path, fault)
+        self.unauthenticated = unauthenticated
+
+
+class Cancelled(Error):
+    """The client went away before its answer; its frames not yet computed were dropped."""
+
+
 class JobError(Error):
     """A distributed job stopped (a batch ran out of retries, the cluster went away)."""
 

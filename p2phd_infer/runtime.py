@@ -54,6 +54,7 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 MAX_BATCH = 4096
 MAX_DELAY_US = 60_000_000        # a minute: longer would only hide a mistake (and overflow waits)
+_batch_numbers = itertools.count()   # FrameTiming.batch: unique across the process's Runtimes
 
 
 def default_workers() -> int:
@@ -74,6 +75,22 @@ class _Job:
     size: tuple[int, int] | None = None
     t_ready: float = 0.0
     released: bool = False            # its queue slot was given back
+    t_submit: int = 0                 # time.perf_counter_ns() at submit()
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """Where one frame's time went, in nanoseconds (Triton's statistics split it the same way):
+    queued = submit() to its batch's dispatch (decode, checks, the batching delay, a busy engine);
+    input / infer / output = its batch's host-to-device preparation, network (features, engine,
+    uint8), and download. `batch` numbers every Runtime's batches in the process, so frames that
+    shared one engine call can be told apart. Set as `future.timing` before a dispatched frame's Future resolves."""
+    batch: int
+    batch_size: int
+    queued_ns: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
 
 
 @dataclass
@@ -227,7 +244,8 @@ class Runtime:
                     raise RuntimeClosed(self._dead or "the runtime is closed")
             seq = next(self._seq)
             job = _Job(seq, fut, name or f"frame #{seq}", label, inst,
-                       str(out) if out is not None else None, caller_event)
+                       str(out) if out is not None else None, caller_event,
+                       t_submit=time.perf_counter_ns())
             self._inflight += 1
             self._pending_decode += 1
             self._undispatched[seq] = job
@@ -490,15 +508,19 @@ class Runtime:
         if not jobs:
             self._slots.release()
             return
+        batch = next(_batch_numbers)
         self.stats.batches += 1
         self.stats.frames += len(jobs)
         self.stats.batch_sizes[len(jobs)] += 1
+        t_start = time.perf_counter_ns()
         try:
             with torch.inference_mode():
                 if self._cuda:
                     host, event = self._run_cuda(jobs)
+                    clock = (batch, t_start, None)       # phases read from the events later
                 else:
-                    host, event = self._run_cpu(jobs), None
+                    host, phases = self._run_cpu(jobs)
+                    event, clock = None, (batch, t_start, phases)
         except Exception as e:  # noqa: BLE001 - an engine fault fails its batch, not the runtime
             self._slots.release()
             self._fail(jobs, e)
@@ -507,7 +529,7 @@ class Runtime:
             self._slots.release()
             self._fail(jobs, e)
             raise
-        self._completions.put((jobs, host, event))
+        self._completions.put((jobs, host, event, clock))
 
     def _fail(self, jobs: list[_Job], error: BaseException) -> None:
         self.stats.failed_batches += 1
@@ -549,11 +571,17 @@ class Runtime:
                                f"{(B, 3, H, W)}")
         return to_uint8(image)       # on the device: 4x fewer bytes to download than float
 
-    def _run_cpu(self, jobs: list[_Job]) -> np.ndarray:
+    def _run_cpu(self, jobs: list[_Job]) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The batch's images and its (input, infer, output) nanoseconds."""
+        t0 = time.perf_counter_ns()
         label = self._labels_of([j.label for j in jobs]).to(self.device)
         inst = None if jobs[0].inst is None else \
             self._batch_of([j.inst for j in jobs]).to(self.device)
-        return self._synthesize(label, inst).cpu().numpy()
+        t1 = time.perf_counter_ns()
+        image = self._synthesize(label, inst)
+        t2 = time.perf_counter_ns()
+        host = image.cpu().numpy()
+        return host, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
     def _run_cuda(self, jobs: list[_Job]):
         """Queue upload, compute and download of one batch on their streams; nothing waits here.
@@ -562,11 +590,13 @@ class Runtime:
         for j in jobs:
             if j.caller_event is not None:
                 h2d.wait_event(j.caller_event)
+        began = torch.cuda.Event(enable_timing=True)
+        began.record(h2d)
         with torch.cuda.stream(h2d):
             labels = [j.label.to(self.device, non_blocking=True) for j in jobs]
             insts = None if jobs[0].inst is None else \
                 [j.inst.to(self.device, non_blocking=True) for j in jobs]
-            uploaded = torch.cuda.Event()
+            uploaded = torch.cuda.Event(enable_timing=True)
             uploaded.record(h2d)
         with torch.cuda.stream(compute):
             compute.wait_event(uploaded)
@@ -575,16 +605,16 @@ class Runtime:
             label = self._labels_of(labels)
             inst = None if insts is None else self._batch_of(insts)
             image = self._synthesize(label, inst)
-            computed = torch.cuda.Event()
+            computed = torch.cuda.Event(enable_timing=True)
             computed.record(compute)
         with torch.cuda.stream(d2h):
             d2h.wait_event(computed)
             image.record_stream(d2h)
             host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(image, non_blocking=True)
-            downloaded = torch.cuda.Event()
+            downloaded = torch.cuda.Event(enable_timing=True)
             downloaded.record(d2h)
-        return host, downloaded
+        return host, (began, uploaded, computed, downloaded)
 
     # ------------------------------------------------------------------ completion and encode
 
@@ -593,16 +623,24 @@ class Runtime:
             item = self._completions.get()
             if item is None:
                 return
-            jobs, host, event = item
+            jobs, host, event, (batch, t_start, phases) = item
             try:
                 if event is not None:
-                    event.synchronize()
+                    began, uploaded, computed, downloaded = event
+                    downloaded.synchronize()
                     host = host.numpy()
+                    # Device time between the events (a stream still busy with the batch before
+                    # counts towards this one's phase).
+                    phases = tuple(int(a.elapsed_time(b) * 1e6) for a, b in
+                                   ((began, uploaded), (uploaded, computed),
+                                    (computed, downloaded)))
             except Exception as e:  # noqa: BLE001 - an asynchronous device error
                 self._slots.release()
                 self._fail(jobs, e)
                 continue
             self._slots.release()
+            for j in jobs:
+                j.future.timing = FrameTiming(batch, len(jobs), t_start - j.t_submit, *phases)
             for j, rgb in zip(jobs, host):
                 if j.out is None:
                     self._resolve(j, rgb)

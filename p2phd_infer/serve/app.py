@@ -1,20 +1,24 @@
-"""The ASGI app of `p2phd-infer serve` (Starlette): KServe v2 / Triton endpoints, a multipart
-endpoint for people, Prometheus metrics.
+"""The HTTP front door of `p2phd-infer serve` (Starlette): KServe v2 / Triton routes over the
+dataplane (dataplane.py), a multipart endpoint for people, Prometheus metrics.
 
     GET  /v2/health/live, /v2/health/ready, /v2          server liveness, readiness, metadata
-    GET  /v2/models/{name}[/versions/1][/ready]          model metadata, readiness
-    POST /v2/models/{name}[/versions/1]/infer            JSON tensors or the binary extension
+    GET  /v2/models/{name}[/versions/{v}][/ready]        model metadata, readiness
+    GET  /v2/models/{name}[/versions/{v}]/config         Triton model configuration
+    GET  /v2/models[/{name}[/versions/{v}]]/stats        statistics extension
+    POST /v2/models/{name}[/versions/{v}]/infer          JSON tensors or the binary extension
+    POST /v2/repository/index                            model repository extension
+    POST /v2/repository/models/{name}/load|unload        explicit model control
     POST /v1/synthesize                                  multipart label PNG [+ inst PNG] -> image
     GET  /metrics                                        Prometheus text format
     GET  /, /static/*, /editor/*                         the editor (editor.py; with editor=True)
 
-Every frame goes through a Runtime (runtime.py) via backend.Backend, so frames of concurrent
-requests batch together; the handler awaits the Runtime's Future (asyncio.wrap_future) and never
-blocks the event loop: body parsing, PNG decode and encode run on worker threads.
+Every frame goes through the model's Runtimes, so frames of concurrent requests batch together;
+handlers await the Runtime's Futures and never block the event loop: body parsing, PNG decode and
+encode run on worker threads.
 
-Errors are KServe's shape, {"error": "<one line>"}: a bad request 400, an unknown model or path
-404, a body over --max-body-mb 413, a full queue 503 with Retry-After, an engine fault 500 (only
-the frames of that engine call fail).
+Errors are KServe's shape, {"error": "<one line>"}, with the status dataplane.fault_of gives: a bad
+request 400, an unknown model or path 404, a body over --max-body-mb 413, a full queue 503 with
+Retry-After, an engine fault 500 (only the frames of that engine call fail).
 """
 from __future__ import annotations
 
@@ -23,82 +27,48 @@ import contextlib
 import logging
 import time
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..engines import Engine
-from ..errors import EngineFault, Error, InputError, OptionError, QueueFull, RuntimeClosed
+from ..errors import Cancelled, InputError, OptionError, TooLarge
 from ..image_io import encode_image, read_id_png
 from ..plan import DEFAULT_MAX_PIXELS
-from .backend import Backend
-from .kserve import FLOAT_TYPES, HEADER_LENGTH, INTEGER_TYPES, TooLarge, decode_request, \
-    decompress, encode_response
+from .dataplane import DEFAULT_VERSION, DataPlane, ModelSettings, ServedModel, fault_of, \
+    one_line
+from .kserve import HEADER_LENGTH, decode_request, decompress, encode_response
 from .metrics import ServerMetrics
 
 log = logging.getLogger("p2phd_infer.serve")
 
-MODEL_VERSION = "1"
 RETRY_AFTER_S = "1"
-SERVER_NAME = "p2phd-infer"
-# Triton's extension names for what this server speaks beyond the core protocol.
-EXTENSIONS = ["binary_tensor_data", "parameters"]
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("p2phd-infer")
-    except Exception:  # noqa: BLE001 - running from a source tree that is not installed
-        return "0"
-
-
-class _Fault(Exception):
-    def __init__(self, status: int, message: str, kind: str):
-        super().__init__(message)
-        self.status, self.kind = status, kind
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or e.__class__.__name__
-
-
-def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int = 1,
-               max_delay_us: int = 0, max_queue: int = 64, max_body_bytes: int = 64 << 20,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, style_cache: int = 4,
-               jpeg_quality: int = 95, decode_workers: int | None = None,
-               editor: bool = False, samples: list | None = None) -> Starlette:
-    """The app over `engine`. Its Runtimes start with the app (lifespan startup) and are closed,
-    after every admitted frame is answered, at shutdown. editor: also serve the editor page at /
-    (editor.py), with `samples` (editor.Sample) to load."""
-    cfg = engine.config
-    info = engine.info
-    state: dict = {}
-
-    def backend() -> Backend:
-        b = state.get("backend")
-        if b is None or not b.ready:
-            raise RuntimeClosed("the server is not ready")
-        return b
-
-    metrics = ServerMetrics(lambda: state["backend"].batch_sizes() if "backend" in state else {},
-                            lambda: state["backend"].queue_depth() if "backend" in state else 0,
-                            max_batch_size)
-    H, W = info.size if info.size is not None else (-1, -1)
-    inputs_meta = [{"name": "label", "datatype": "INT32", "shape": [-1, 1, H, W]}]
-    if cfg.needs_instance_map:
-        inputs_meta.append({"name": "inst", "datatype": "INT32", "shape": [-1, 1, H, W]})
-    if cfg.feat_num > 0:
-        inputs_meta.append({"name": "feat", "datatype": "FP32",
-                            "shape": [-1, cfg.feat_num, H, W]})
-    model_meta = {"name": model_name, "versions": [MODEL_VERSION],
-                  "platform": f"p2phd_{info.backend}",
-                  "inputs": inputs_meta,
-                  "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, H, W, 3]}]}
-    known_inputs = [m["name"] for m in inputs_meta]
+def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
+               max_batch_size: int = 1, max_delay_us: int = 0, max_queue: int = 64,
+               max_body_bytes: int = 64 << 20, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               style_cache: int = 4, jpeg_quality: int = 95, decode_workers: int | None = None,
+               editor: bool = False, samples: list | None = None,
+               dataplane: DataPlane | None = None) -> Starlette:
+    """The app over one `engine` served as `model_name` version 1, or over a `dataplane` (a model
+    repository, several models). The models' Runtimes start with the app (lifespan startup) and
+    are closed, after every admitted frame is answered, at shutdown. editor: also serve the
+    editor page at / (editor.py) for the first model, with `samples` (editor.Sample) to load."""
+    if dataplane is None:
+        if engine is None:
+            raise OptionError("engine", "create_app needs an engine or a dataplane")
+        settings = ModelSettings(max_batch_size=max_batch_size, max_delay_us=max_delay_us,
+                                 max_queue=max_queue, style_cache=style_cache,
+                                 decode_workers=decode_workers)
+        dataplane = DataPlane([ServedModel(model_name, DEFAULT_VERSION, engine, settings,
+                                           max_pixels=max_pixels,
+                                           source=getattr(engine, "path", None))],
+                              max_pixels=max_pixels)
+    dp = dataplane
+    metrics = ServerMetrics(dp)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -110,152 +80,136 @@ def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int
         def wrap(fn):
             async def handle(request: Request) -> Response:
                 t0 = time.perf_counter()
-                kind = None
                 try:
                     response = await fn(request)
-                except _Fault as e:
-                    response, kind = error(e.status, str(e)), e.kind
-                except TooLarge as e:
-                    response, kind = error(413, str(e)), "too_large"
-                except QueueFull as e:
-                    response, kind = error(503, _one_line(e), {"Retry-After": RETRY_AFTER_S}), \
-                        "queue_full"
-                except RuntimeClosed as e:
-                    response, kind = error(503, _one_line(e), {"Retry-After": RETRY_AFTER_S}), \
-                        "closed"
-                except (InputError, OptionError) as e:
-                    response, kind = error(400, _one_line(e)), "input"
-                except EngineFault as e:
-                    log.error("engine fault: %s", e, exc_info=e.error)
-                    response, kind = error(500, _one_line(e)), "engine"
-                except Error as e:
-                    response, kind = error(400, _one_line(e)), "input"
-                except Exception as e:  # noqa: BLE001 - a bug must still answer this request
-                    log.exception("internal error on %s", request.url.path)
-                    response, kind = error(500, f"internal error: {_one_line(e)}"), "internal"
-                if kind is not None:
-                    metrics.failure(kind)
+                except ClientDisconnect:
+                    response = answer_fault(request, Cancelled("request", "the client went away "
+                                                                          "mid-body"))
+                except Exception as e:  # noqa: BLE001 - every fault answers this request
+                    response = answer_fault(request, e)
                 metrics.observe(name, response.status_code, time.perf_counter() - t0)
                 return response
             return handle
         return wrap
+
+    def answer_fault(request: Request, e: BaseException) -> Response:
+        f = fault_of(e)
+        dp.failure(f.kind)
+        if f.kind == "internal":
+            log.exception("internal error on %s", request.url.path, exc_info=e)
+        elif f.kind == "engine":
+            log.error("engine fault: %s", f.message, exc_info=getattr(e, "error", None))
+        elif f.kind == "cancelled":
+            log.info("cancelled: %s %s: %s", request.method, request.url.path, f.message)
+        return error(f.http, f.message, {"Retry-After": RETRY_AFTER_S} if f.retry else None)
 
     async def read_body(request: Request) -> bytes:
         """The whole body, refusing (413) one over max_body_bytes before reading it when the
         Content-Length says so, and as soon as it grows past the limit otherwise (chunked)."""
         length = request.headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > max_body_bytes:
-            raise TooLarge(f"the body of {int(length):,} bytes is over the limit of "
-                           f"{max_body_bytes:,} (--max-body-mb)")
+            raise TooLarge("request", f"the body of {int(length):,} bytes is over the limit of "
+                                      f"{max_body_bytes:,} (--max-body-mb)")
         chunks, n = [], 0
         async for chunk in request.stream():
             n += len(chunk)
             if n > max_body_bytes:
-                raise TooLarge(f"the body is over the limit of {max_body_bytes:,} bytes "
-                               f"(--max-body-mb)")
+                raise TooLarge("request", f"the body is over the limit of {max_body_bytes:,} "
+                                          f"bytes (--max-body-mb)")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def check_model(request: Request) -> None:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        if name != model_name:
-            raise _Fault(404, f"unknown model {name!r} (this server has {model_name!r})",
-                         "not_found")
-        if version is not None and version not in ("", MODEL_VERSION):
-            raise _Fault(404, f"model {name!r} has no version {version!r} (versions: "
-                              f"{MODEL_VERSION})", "not_found")
+    def disconnected(request: Request):
+        """An awaitable that returns once the client has closed the connection (the body is
+        already read, so the next ASGI message can only be the disconnect)."""
+        async def wait():
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    return
+        return wait
+
+    def name_version(request: Request) -> tuple[str, str | None]:
+        return request.path_params["name"], request.path_params.get("version")
 
     # ------------------------------------------------------------------ health and metadata
 
     @endpoint("health")
     async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
+        return JSONResponse({"live": dp.live()})
 
     @endpoint("health")
     async def ready(request: Request) -> Response:
-        if "backend" not in state or not state["backend"].ready:
-            return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse({"ready": True})
+        ok = dp.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @endpoint("metadata")
     async def server_meta(request: Request) -> Response:
-        return JSONResponse({"name": SERVER_NAME, "version": _version(),
-                             "extensions": EXTENSIONS})
+        return JSONResponse(dp.server_metadata())
 
     @endpoint("metadata")
     async def model_metadata(request: Request) -> Response:
-        check_model(request)
-        return JSONResponse(model_meta)
+        return JSONResponse(dp.model_metadata(*name_version(request)))
+
+    @endpoint("metadata")
+    async def model_config(request: Request) -> Response:
+        return JSONResponse(dp.model_config(*name_version(request)))
 
     @endpoint("health")
     async def model_ready(request: Request) -> Response:
-        check_model(request)
-        ok = "backend" in state and state["backend"].ready
-        return JSONResponse({"name": model_name, "ready": ok}, status_code=200 if ok else 503)
+        name, version = name_version(request)
+        ok = dp.model_ready(name, version)              # NotFound (404) for an unknown one
+        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+    @endpoint("stats")
+    async def stats(request: Request) -> Response:
+        return JSONResponse(dp.statistics(request.path_params.get("name"),
+                                          request.path_params.get("version")))
+
+    # ------------------------------------------------------------------ repository
+
+    @endpoint("repository")
+    async def repository_index(request: Request) -> Response:
+        body = await read_body(request)
+        ready_only = False
+        if body.strip():
+            from .kserve import loads
+            doc = loads(body, "request")
+            if not isinstance(doc, dict):
+                raise InputError("request", "the repository index request must be a JSON object")
+            ready_only = doc.get("ready") is True
+        return JSONResponse(dp.repository_index(ready_only))
+
+    @endpoint("repository")
+    async def repository_load(request: Request) -> Response:
+        await read_body(request)
+        await asyncio.to_thread(dp.load, request.path_params["name"])
+        return JSONResponse({})
+
+    @endpoint("repository")
+    async def repository_unload(request: Request) -> Response:
+        await read_body(request)
+        await asyncio.to_thread(dp.unload, request.path_params["name"])
+        return JSONResponse({})
 
     # ------------------------------------------------------------------ inference
 
-    def ids_input(t, what: str):
-        if t.datatype not in INTEGER_TYPES:
-            raise InputError(t.name, f"datatype {t.datatype}: {what} ids must be an integer "
-                                     f"type (INT32)")
-        a = t.array
-        if a.ndim != 4 or a.shape[1] != 1:
-            raise InputError(t.name, f"shape {list(a.shape)}; expected [batch, 1, H, W]")
-        return a
-
     @endpoint("infer")
     async def infer(request: Request) -> Response:
-        check_model(request)
+        name, version = name_version(request)
+        limit = dp.element_limit(name, version)        # 404 before the body is read
         body = await read_body(request)
         body = decompress(body, request.headers.get("content-encoding"), max_body_bytes)
-        max_elements = max_pixels * max_queue * max(1, cfg.feat_num) if max_pixels else 2**40
         req = await asyncio.to_thread(decode_request, body, request.headers.get(HEADER_LENGTH),
-                                      max_elements)
-        for name in req.inputs:
-            if name not in known_inputs:
-                raise InputError(name, f"not an input of model {model_name!r} (inputs: "
-                                       f"{', '.join(known_inputs)})")
-        if "label" not in req.inputs:
-            raise InputError("label", "the request has no 'label' input")
-        label = ids_input(req.inputs["label"], "label")
-        B = label.shape[0]
-        if B < 1:
-            raise InputError("label", "batch dimension is 0")
-        inst = None
-        if "inst" in req.inputs:
-            inst = ids_input(req.inputs["inst"], "instance")
-            if inst.shape != label.shape:
-                raise InputError("inst", f"shape {list(inst.shape)} differs from label's "
-                                         f"{list(label.shape)}")
-        elif cfg.needs_instance_map:
-            raise InputError("inst", "this model needs an instance map input 'inst'")
-        outputs = req.outputs or [("image", req.binary_default)]
-        for name, _ in outputs:
-            if name != "image":
-                raise InputError(name, f"not an output of model {model_name!r} (outputs: image)")
-        style, seed = req.parameters.get("style"), req.parameters.get("seed", 0)
-        if style is not None and not isinstance(style, str):
-            raise OptionError("style", f"{style!r} is not a string")
-        b = backend()
-        if "feat" in req.inputs:
-            t = req.inputs["feat"]
-            if t.datatype not in FLOAT_TYPES:
-                raise InputError("feat", f"datatype {t.datatype}: the feature map is FP32")
-            if style is not None:
-                raise OptionError("style", "give a style or a feature map 'feat', not both")
-            rgb = await asyncio.wrap_future(b.submit_with_features(label, inst, t.array))
-        else:
-            names = ["label"] if B == 1 else [f"label[{i}]" for i in range(B)]
-            futures = b.submit([(label[i, 0], None if inst is None else inst[i, 0])
-                                for i in range(B)], style, seed, names)
-            rgb = np.stack(await _gather(futures))
-        metrics.frames_done(B)
+                                      limit)
+        result = await dp.infer(name, version, req, disconnected=disconnected(request))
+        metrics.frames_done(result.outputs[0][1].shape[0] if result.outputs else 0)
         body, headers = await asyncio.to_thread(
-            encode_response, model_name, MODEL_VERSION, req.id,
-            [(name, rgb, binary) for name, binary in outputs])
+            encode_response, result.model_name, result.model_version, result.id,
+            result.outputs)
         return Response(body, headers=headers)
+
+    default_model = dp.names()[0] if dp.names() else None
 
     @endpoint("synthesize")
     async def synthesize(request: Request) -> Response:
@@ -273,17 +227,20 @@ def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int
             style = form.get("style") or None
             seed = form.get("seed") or 0
             fmt = str(form.get("format") or "png").lower()
+            model = form.get("model") or default_model
         finally:
             await form.close()
         if fmt not in ("png", "jpg", "jpeg"):
             raise OptionError("format", f"{fmt!r}: png or jpg")
-        if not isinstance(style, (str, type(None))) or not isinstance(seed, (str, int)):
-            raise OptionError("style", "style and seed are text fields")
+        if not isinstance(style, (str, type(None))) or not isinstance(seed, (str, int)) or \
+                not isinstance(model, str):
+            raise OptionError("style", "style, seed and model are text fields")
         label = await asyncio.to_thread(read_id_png, label_bytes, max_pixels, name="label")
         inst = None
         if inst_bytes is not None:
             inst = await asyncio.to_thread(read_id_png, inst_bytes, max_pixels, name="inst")
-        rgb = (await _gather(backend().submit([(label, inst)], style, seed, ["label"])))[0]
+        rgb = (await dp.synthesize(model, None, [(label, inst)], style, seed, ["label"],
+                                   disconnected=disconnected(request)))[0]
         metrics.frames_done(1)
         data = await asyncio.to_thread(encode_image, rgb, "png" if fmt == "png" else "jpg",
                                        jpeg_quality)
@@ -296,23 +253,22 @@ def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int
 
     # ------------------------------------------------------------------ the app
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
-        metrics.failure("not_found")
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        kind = "not_found" if exc.status_code in (404, 405) else "input"
+        dp.failure(kind)
         metrics.observe("other", exc.status_code, 0.0)
-        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        return error(exc.status_code, f"{request.method} {request.url.path}: "
+                                      f"{one_line(Exception(exc.detail))}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state["backend"] = await asyncio.to_thread(
-            Backend, engine, max_batch_size=max_batch_size, max_delay_us=max_delay_us,
-            max_queue=max_queue, max_pixels=max_pixels, style_cache=style_cache,
-            decode_workers=decode_workers)
+        await asyncio.to_thread(dp.start)
         try:
             yield
         finally:
             # uvicorn has stopped accepting and answered every request it had; close() still
             # finishes any frame left (none should be) and joins the Runtimes' threads.
-            await asyncio.to_thread(state["backend"].close)
+            await asyncio.to_thread(dp.close)
 
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
@@ -320,36 +276,34 @@ def create_app(engine: Engine, *, model_name: str = "p2phd", max_batch_size: int
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_meta, methods=["GET"]),
+        Route("/v2/models/stats", stats, methods=["GET"]),
         Route(model, model_metadata, methods=["GET"]),
         Route(versioned, model_metadata, methods=["GET"]),
         Route(model + "/ready", model_ready, methods=["GET"]),
         Route(versioned + "/ready", model_ready, methods=["GET"]),
+        Route(model + "/config", model_config, methods=["GET"]),
+        Route(versioned + "/config", model_config, methods=["GET"]),
+        Route(model + "/stats", stats, methods=["GET"]),
+        Route(versioned + "/stats", stats, methods=["GET"]),
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
         Route("/v1/synthesize", synthesize, methods=["POST"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
     if editor:
         from .editor import editor_routes
-        routes += editor_routes(engine, backend, endpoint, read_body, samples or [],
-                                max_pixels=max_pixels, frames_done=metrics.frames_done,
-                                parse_form=_parse_form)
+        first = dp.model(default_model)
+        routes += editor_routes(first.engine, lambda: dp.model(default_model).running(),
+                                endpoint, read_body, samples or [], max_pixels=max_pixels,
+                                frames_done=metrics.frames_done, parse_form=_parse_form)
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: not_found})
+                    exception_handlers={HTTPException: http_error})
     app.state.metrics = metrics
-    app.state.serve = state
+    app.state.dataplane = dp
     return app
-
-
-async def _gather(futures) -> list:
-    """The results of runtime Futures, in order; the first failure raises once all are done
-    (so no frame of a failed request is still running when its answer goes out)."""
-    results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
-                                   return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results
 
 
 async def _parse_form(request: Request, body: bytes, limit: int):
@@ -371,4 +325,4 @@ async def _parse_form(request: Request, body: bytes, limit: int):
     except MultiPartException as e:
         raise InputError("request", f"bad multipart body ({e.message})") from None
     except (ValueError, KeyError) as e:
-        raise InputError("request", f"bad form body ({_one_line(e)})") from None
+        raise InputError("request", f"bad form body ({one_line(e)})") from None

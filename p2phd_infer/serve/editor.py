@@ -17,7 +17,7 @@ the maps as Int32Arrays and sends exactly those bytes: no JSON arrays, and ids s
 browser's canvas decodes PNGs to 8 bits per channel, so the server decodes and encodes id PNGs).
 
 Per-instance styles travel in `style` as '#26001=3' (cluster) and '#26002=#26001' (copy) entries
-(styles.py), so every render is a frame of a Runtime of the server's Backend and batches with
+(styles.py), so every render is a frame of a Runtime of the model.s RuntimePool and batches with
 other requests of the same style, as /v1/synthesize's frames do.
 
 Swatches: the instance's neighbourhood (its box, enlarged, a multiple of the stride) is rendered
@@ -102,7 +102,7 @@ def _colour(i: int) -> list[int]:
 
 def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sample], *,
                   max_pixels: int | None, frames_done, parse_form) -> list:
-    """Routes for app.py: `backend()` gives the Backend, `endpoint(name)` wraps a handler (errors
+    """Routes for app.py: `backend()` gives the RuntimePool, `endpoint(name)` wraps a handler (errors
     -> one-line JSON with its status, metrics), `read_body` reads a size-checked body and
     `parse_form(request, body, limit)` parses it as a multipart form; `frames_done(n)` counts
     rendered frames."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, TooLarge
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -39,10 +39,6 @@ DATATYPES = {
 INTEGER_TYPES = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
 DATATYPE_OF = {v: k for k, v in DATATYPES.items()}
-
-
-class TooLarge(Exception):
-    """The body (after decompression) is over the server's limit: HTTP 413."""
 
 
 @dataclass
@@ -80,6 +76,29 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (non-finite values are refused)")
+
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"{text} is outside the range of a double")
+    return x
+
+
+def loads(data: bytes | str, what: str):
+    """JSON text -> its value, refusing what is not JSON (NaN, Infinity, numbers that overflow a
+    double) and nesting deeper than the interpreter's recursion limit: an InputError naming
+    `what`, never a traceback."""
+    try:
+        return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise InputError(what, "the JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(what, f"not valid JSON ({' '.join(str(e).split())})") from None
+
+
 def _obj(x, what: str) -> dict:
     if not isinstance(x, dict):
         raise InputError(what, f"must be a JSON object, not {type(x).__name__}")
@@ -91,6 +110,38 @@ def _shape(x, what: str) -> tuple[int, ...]:
                                           and d >= 0 for d in x):
         raise InputError(what, f"shape {x!r} must be a list of non-negative integers")
     return tuple(x)
+
+
+def check_tensor(name: str, datatype, shape: tuple[int, ...], max_elements: int
+                 ) -> tuple[np.dtype, int]:
+    """A tensor's datatype name and shape -> (numpy dtype, element count); InputError for an
+    unknown datatype or more than `max_elements` elements."""
+    if datatype not in DATATYPES:
+        raise InputError(name, f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise InputError(name, f"shape {list(shape)} has {count:,} elements, above the limit of "
+                               f"{max_elements:,}")
+    return DATATYPES[datatype], count
+
+
+def tensor_from_raw(name: str, datatype: str, shape, raw, max_elements: int) -> Tensor:
+    """Raw little-endian row-major bytes (the binary extension; gRPC's raw_input_contents; a
+    shared-memory region) -> a Tensor viewing them, checked to be exactly the shape's size."""
+    shape = _shape(list(shape), name)
+    dtype, count = check_tensor(name, datatype, shape, max_elements)
+    if len(raw) != count * dtype.itemsize:
+        raise InputError(name, f"{len(raw)} bytes of data; shape {list(shape)} of {datatype} "
+                               f"needs {count * dtype.itemsize}")
+    return Tensor(name, datatype, np.frombuffer(raw, dtype=dtype).reshape(shape))
+
+
+def tensor_from_values(name: str, datatype: str, shape, values, max_elements: int) -> Tensor:
+    """A list of element values (JSON `data`, flat or nested; gRPC's typed contents) -> a
+    Tensor, refusing values the datatype cannot hold."""
+    shape = _shape(list(shape), name)
+    dtype, _ = check_tensor(name, datatype, shape, max_elements)
+    return Tensor(name, datatype, _from_json(list(values), dtype, shape, name))
 
 
 def decode_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
@@ -107,11 +158,7 @@ def decode_request(body: bytes, header_length: str | None, max_elements: int) ->
         head, blob = body[:n], memoryview(body)[n:]
     else:
         head, blob = body, memoryview(b"")
-    try:
-        doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError("request", f"the inference header is not valid JSON ({e})") from None
-    doc = _obj(doc, "request")
+    doc = _obj(loads(head, "the inference header"), "request")
     params = _obj(doc.get("parameters") or {}, "request parameters")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -126,15 +173,8 @@ def decode_request(body: bytes, header_length: str | None, max_elements: int) ->
         if name in inputs:
             raise InputError(name, "given twice")
         datatype = raw.get("datatype")
-        if datatype not in DATATYPES:
-            raise InputError(name, f"datatype {datatype!r} is not one of "
-                                   f"{', '.join(DATATYPES)}")
         shape = _shape(raw.get("shape"), name)
-        count = math.prod(shape)
-        if count > max_elements:
-            raise InputError(name, f"shape {list(shape)} has {count:,} elements, above the "
-                                   f"limit of {max_elements:,}")
-        dtype = DATATYPES[datatype]
+        dtype, count = check_tensor(name, datatype, shape, max_elements)
         iparams = _obj(raw.get("parameters") or {}, f"{name} parameters")
         size = iparams.get("binary_data_size")
         if size is not None:
@@ -147,7 +187,8 @@ def decode_request(body: bytes, header_length: str | None, max_elements: int) ->
             if offset + size > len(blob):
                 raise InputError(name, f"binary data ends at byte {offset + size}, the body has "
                                        f"{len(blob)} bytes after the header")
-            array = np.frombuffer(blob[offset:offset + size], dtype=dtype).reshape(shape)
+            array = tensor_from_raw(name, datatype, shape, blob[offset:offset + size],
+                                    max_elements).array
             offset += size
         else:
             if "data" not in raw:

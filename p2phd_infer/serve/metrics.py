@@ -16,8 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from typing import Callable
-
 from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, \
     HistogramMetricFamily
@@ -28,24 +26,20 @@ RATE_WINDOW_S = 10.0
 
 
 class ServerMetrics:
-    """batch_sizes: returns the Counter {batch size: engine calls} over every runtime the server
-    has had, read at each scrape. queue_depth: the admitted frame count."""
+    """The metrics of one server over its dataplane (dataplane.py), read at each scrape."""
 
-    def __init__(self, batch_sizes: Callable[[], Counter], queue_depth: Callable[[], int],
-                 max_batch_size: int):
+    def __init__(self, dataplane):
+        self.dp = dataplane
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = PCounter("p2phd_requests", "HTTP requests answered",
                                  ["endpoint", "status"], registry=self.registry)
-        self.failures = PCounter("p2phd_failures", "Failed requests by kind", ["kind"],
-                                 registry=self.registry)
         self.latency = Histogram("p2phd_request_latency_seconds",
                                  "Time from receipt to answer", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         depth = Gauge("p2phd_queue_depth", "Frames admitted and not yet answered",
                       registry=self.registry)
-        depth.set_function(queue_depth)
-        self._batch_sizes = batch_sizes
-        self._buckets = _powers_of_two(max_batch_size)
+        depth.set_function(lambda: sum(m.pool.queue_depth() for m in self.dp.served()
+                                       if m.pool is not None))
         self._done: deque[float] = deque()
         self._lock = threading.Lock()
         self.registry.register(_RuntimeCollector(self))
@@ -53,9 +47,6 @@ class ServerMetrics:
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
-
-    def failure(self, kind: str) -> None:
-        self.failures.labels(kind).inc()
 
     def frames_done(self, n: int) -> None:
         now = time.monotonic()
@@ -92,10 +83,20 @@ class _RuntimeCollector:
         return []
 
     def collect(self):
-        sizes = self.m._batch_sizes()
+        models = self.m.dp.served()
+        failures = CounterMetricFamily("p2phd_failures", "Failed requests by kind",
+                                       labels=["kind"])
+        for kind, n in sorted(self.m.dp.failures.items()):
+            failures.add_metric([kind], float(n))
+        yield failures
+        sizes = Counter()
+        for m in models:
+            if m.pool is not None:
+                sizes.update(m.pool.batch_sizes())
+        top = max([m.max_batch_size for m in models] or [1])
         hist = HistogramMetricFamily("p2phd_batch_size", "Frames per engine call")
         cumulative, buckets = 0, []
-        for bound in self.m._buckets:
+        for bound in _powers_of_two(top):
             cumulative = sum(n for size, n in sizes.items() if size <= bound)
             buckets.append((str(float(bound)), cumulative))
         buckets.append(("+Inf", sum(sizes.values())))

@@ -1,5 +1,6 @@
-"""What the HTTP layer calls: admission (the server-wide queue limit), the Runtimes (one per
-style key, a small LRU), and the unbatched path for requests that bring their own feature map.
+"""The Runtimes of one served model (RuntimePool): admission (the model's queue limit), one
+Runtime per style key (a small LRU), and the unbatched path for requests that bring their own
+feature map. The dataplane (dataplane.py) calls it; nothing here knows HTTP or gRPC.
 
 Why one Runtime per (style, seed): a Runtime takes one StyleControl for its life (runtime.py), and
 only frames of one Runtime batch together, so frames of one style batch with each other; the
@@ -14,6 +15,7 @@ buffers (CUDA graphs, engines/fast.py) is never run by two streams at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -25,7 +27,7 @@ from ..engines import Engine
 from ..engines.base import resolve_device
 from ..errors import EngineFault, InputError, OptionError, QueueFull, RuntimeClosed
 from ..ids import as_ids, check_maps
-from ..runtime import Runtime
+from ..runtime import FrameTiming, Runtime
 from ..synthesizer import to_uint8
 
 DEFAULT_STYLE = (None, 0)
@@ -57,7 +59,11 @@ class SerializedEngine(Engine):
             return out
 
 
-class Backend:
+class RuntimePool:
+    """The Runtimes of one model over one engine. submit() and submit_with_features() return
+    Futures; a dispatched frame's Future carries `timing` (runtime.FrameTiming) when it resolves,
+    which the dataplane's statistics read."""
+
     def __init__(self, engine: Engine, *, max_batch_size: int = 1, max_delay_us: int = 0,
                  max_queue: int = 64, max_pixels: int | None = None, style_cache: int = 4,
                  decode_workers: int | None = None):
@@ -76,6 +82,7 @@ class Backend:
         self._runtimes: OrderedDict[tuple | None, Runtime] = OrderedDict()
         self._retired = Counter()          # batch sizes of Runtimes already closed
         self._direct_sizes = Counter()     # engine calls of the feature-map path
+        self._direct_calls = 0
         self._retiring: list[threading.Thread] = []
         self._direct = ThreadPoolExecutor(1, thread_name_prefix="p2phd-serve-feat")
         self._default_key = self.style_key(None, 0)
@@ -194,15 +201,29 @@ class Backend:
         uint8 [B,H,W,3]."""
         B = label.shape[0]
         self._admit(B)
+        fut: Future = Future()
+        t_submit = time.perf_counter_ns()
+
+        def work():
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                rgb, timing = self._run_with_features(label, inst, feat, name, t_submit)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller through the Future
+                fut.set_exception(e)
+            else:
+                fut.timing = timing
+                fut.set_result(rgb)
+
         try:
-            fut = self._direct.submit(self._run_with_features, label, inst, feat, name)
+            self._direct.submit(work)
         except BaseException:
             self._release(B)
             raise
         fut.add_done_callback(lambda _f: self._release(B))
         return fut
 
-    def _run_with_features(self, label, inst, feat, name) -> np.ndarray:
+    def _run_with_features(self, label, inst, feat, name, t_submit: int):
         cfg = self.cfg
         label_t = as_ids(label, "label map", "label")
         inst_t = as_ids(inst, "instance map", "inst") if inst is not None else None
@@ -218,21 +239,30 @@ class Backend:
         if not torch.isfinite(feat_t).all():
             raise InputError("feat", "holds NaN or infinite values")
         dev = resolve_device(self.engine.device)
+        t0 = time.perf_counter_ns()
         label_t = label_t.to(dev).to(torch.int32)
         inst_t = label_t if inst_t is None else inst_t.to(dev).to(torch.int32)
+        feat_t = feat_t.to(dev)
+        t1 = time.perf_counter_ns()
         try:
             with torch.inference_mode():
-                image = self.shared.synthesize(label_t, inst_t, feat_t.to(dev))
+                image = self.shared.synthesize(label_t, inst_t, feat_t)
                 if tuple(image.shape) != (B, 3, H, W):
                     raise RuntimeError(f"the engine returned shape {tuple(image.shape)}")
-                rgb = to_uint8(image).cpu().numpy()
+                image = to_uint8(image)
+                t2 = time.perf_counter_ns()
+                rgb = image.cpu().numpy()
         except Exception as e:  # noqa: BLE001 - the engine failed this request only
             fault = EngineFault(name, e, B)
             fault.__cause__ = e
             raise fault from e
+        t3 = time.perf_counter_ns()
         with self._lock:
             self._direct_sizes[B] += 1
-        return rgb
+            batch = self._direct_calls
+            self._direct_calls += 1
+        # Negative batch numbers: this path's engine calls, apart from every Runtime's.
+        return rgb, FrameTiming(-1 - batch, B, t0 - t_submit, t1 - t0, t2 - t1, t3 - t2)
 
     # ------------------------------------------------------------------ shutdown
 
