@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .errors import CheckpointError
 from .files import write_atomic
 from .networks import build_encoder, build_generator
+from .label_names import check_colors
 
 FORMAT = "p2phd-infer"
 VERSION = 1
@@ -210,6 +211,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if features is not None:
             check_finite(features, "features")
         names = _check_label_names(data.get("label_names"))
+        if data.get("label_colors") is not None:     # palette.py would index a short colour
+            check_colors(data["label_colors"], "label_colors", CheckpointError)
         ckpt = Checkpoint(cfg, generator, encoder, features, names,
                           {k: v for k, v in data.items() if k not in known})
         with torch.device("meta"):

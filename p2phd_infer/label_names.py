@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import MAX_LABEL_NC
 from .errors import InputError
+from .locations import check_regular, read_bytes
 
 LabelNames = dict[int, str]
 LabelColors = dict[int, list[int]]
@@ -35,16 +36,12 @@ def read_label_names(path: str | os.PathLike, label_nc: int
     """FILE -> ({id: name}, {id: [r, g, b]} or None when no entry has a colour); InputError
     naming the file (and line) for any fault."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such label names file" if not path.exists()
-                         else "is a folder, not a label names file")
+    check_regular(path, "label names file")       # /dev/null, a FIFO: said so, never read
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(path, "not a UTF-8 text file (expected JSON or `ID NAME [R G B]` "
                                "lines)") from None
-    except OSError as e:
-        raise InputError(path, f"cannot be read ({e.strerror or e})") from None
     is_json = path.suffix.lower() == ".json" or text.lstrip()[:1] in ("{", "[")
     entries = _read_json(path, text) if is_json else _read_text(path, text)
     names: LabelNames = {}
@@ -78,21 +75,34 @@ def read_label_names(path: str | os.PathLike, label_nc: int
         seen[name] = str(i)
         names[i] = name
         if color is not None:
-            colors[i] = _check_color(at, i, color)
+            colors[i] = list(check_color(at, i, color))
     if not names:
         raise InputError(path, "no labels in the file")
     return names, (colors or None)
 
 
-def _check_color(at: str, i: int, color) -> list[int]:
+def check_color(at: str, i: int, color, error=InputError) -> tuple[int, int, int]:
+    """(r, g, b) of label `i`'s colour `color` as read from a file, or error(at, ...)."""
     if not isinstance(color, (list, tuple)) or len(color) != 3:
-        raise InputError(at, f"label {i}: colour {color!r} is not three values R G B")
-    out = []
-    for c in color:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255:
-            raise InputError(at, f"label {i}: colour {list(color)!r} must be three integers "
-                                 f"0..255")
-        out.append(int(c))
+        raise error(at, f"label {i}: colour {color!r} is not three values R G B")
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 255 for c in color):
+        raise error(at, f"label {i}: colour {list(color)!r} must be three integers 0..255")
+    return int(color[0]), int(color[1]), int(color[2])
+
+
+def check_colors(colors, source: str, error=InputError) -> dict[int, tuple[int, int, int]]:
+    """{id: (r, g, b)} from a mapping read from a file or a model ({id: [r, g, b]}; ids may be
+    strings of digits, as JSON keys are), or error(source, ...) naming the entry at fault."""
+    if not isinstance(colors, dict):
+        raise error(source, f"label colours must be a mapping {{id: [r, g, b]}}, not "
+                            f"{type(colors).__name__}")
+    out = {}
+    for k, rgb in colors.items():
+        if isinstance(k, str) and k.strip().lstrip("+-").isdigit():
+            k = int(k)
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise error(source, f"label id {k!r} is not an integer")
+        out[k] = check_color(source, k, rgb, error)
     return out
 
 
@@ -109,6 +119,9 @@ def _read_json(path: Path, text: str) -> list:
         doc = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}", f"not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply (a label table is one level of "
+                               "{\"id\": name} entries)") from None
     if not isinstance(doc, dict):
         raise InputError(path, "expected a JSON object {\"id\": \"name\", ...}")
     out = []

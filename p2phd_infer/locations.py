@@ -113,7 +113,7 @@ def check_regular(path: str | os.PathLike, what: str = "file", error=InputError)
     if stat.S_ISDIR(st.st_mode):
         raise error(path, f"is a folder, not a {what}")
     if not stat.S_ISREG(st.st_mode):
-        raise error(path, f"is {describe_mode(st.st_mode)}, not a regular {what}")
+        raise error(path, f"is {describe_mode(st.st_mode)}, not a regular file")
     return st
 
 

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from .errors import InputError
+from .label_names import check_colors, read_label_names
 from .labels import CITYSCAPES_LABELS
 
 CITYSCAPES_LABEL_NC = 35            # the official pix2pixHD Cityscapes models: ids 0..34
@@ -46,7 +47,7 @@ class Palette:
     def __init__(self, colors: dict[int, tuple[int, int, int] | list[int]], source: str):
         if not colors:
             raise InputError(source, "the palette has no colours")
-        self.colors = {int(i): tuple(int(c) for c in rgb) for i, rgb in sorted(colors.items())}
+        self.colors = dict(sorted(check_colors(colors, source).items()))
         self.source = source
         packed = {}
         self.shared: dict[tuple[int, int, int], list[int]] = {}
@@ -111,7 +112,6 @@ def generated_palette(n: int) -> np.ndarray:
 
 def read_palette(path: str | os.PathLike, label_nc: int) -> Palette:
     """`--palette FILE` (label_names.py's formats; every entry needs a colour)."""
-    from .label_names import read_label_names
     names, colors = read_label_names(path, label_nc)
     missing = sorted(set(names) - set(colors or {}))
     if not colors:
@@ -133,9 +133,9 @@ def model_colors(engine_or_ckpt) -> dict[int, list[int]] | None:
     if not colors:
         info = getattr(engine_or_ckpt, "info", None)
         colors = info.extra.get("label_colors") if info is not None else None
-    if not colors or not isinstance(colors, dict):
+    if not colors:
         return None
-    return {int(k): [int(c) for c in v] for k, v in colors.items()}
+    return {k: list(v) for k, v in check_colors(colors, "the model's label_colors").items()}
 
 
 def model_palette(engine, path: str | os.PathLike | None = None) -> Palette:

@@ -22,9 +22,12 @@ from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import TorchEngine
 from p2phd_infer.checkpoint import save_checkpoint
-from p2phd_infer.errors import EngineError, EngineFault, OutputError
+from p2phd_infer.engines.base import info_from_json
+from p2phd_infer.errors import EngineError, EngineFault, InputError, OutputError
 from p2phd_infer.image_io import read_id_png
+from p2phd_infer.label_names import read_label_names
 from p2phd_infer.networks import build_generator
+from p2phd_infer.palette import Palette
 from p2phd_infer.runtime import Runtime
 from helpers import random_checkpoint, save_random_model
 
@@ -265,3 +268,107 @@ def test_editor_decode_reads_a_2_bit_map_as_stored(model):
     assert r.status_code == 200, r.text
     got = np.frombuffer(r.content, "<i4").reshape(2, 16, 16)
     assert np.array_equal(got[0], values)
+
+
+# ------------------------------------------------- 8. bad files give one line, not a traceback
+
+def _with_colors(path, colors):
+    ckpt = random_checkpoint(TINY)
+    ckpt.extra["label_colors"] = colors
+    save_checkpoint(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("colors,fault", [
+    ({0: [1, 2]}, "label 0: colour [1, 2] is not three values R G B"),
+    ({3: [0, 0, 256]}, "label 3: colour [0, 0, 256] must be three integers 0..255"),
+    ({"road": [1, 2, 3]}, "label id 'road' is not an integer"),
+])
+def test_bad_label_colors_in_model_pt_are_refused_at_load(tmp_path, colors, fault):
+    model = _with_colors(tmp_path / "model.pt", colors)
+    labels = folder(tmp_path / "l", n=1)
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o", "--save-comparison")
+    assert code == 2 and errors == [f"error: {model}: label_colors: {fault}"]
+
+
+def test_a_palette_with_a_short_colour_is_an_input_error():
+    with pytest.raises(InputError, match=r"^engine\.onnx: label 0: colour \[1, 2\] is not three"):
+        Palette({0: [1, 2]}, "engine.onnx")
+
+
+def _deep(path, depth=100_000):
+    path.write_text("[" * depth + "]" * depth)
+    return path
+
+
+def test_deeply_nested_palette_and_label_names_json(tmp_path, model):
+    labels = folder(tmp_path / "l", n=1)
+    deep = _deep(tmp_path / "deep.json")
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o", "--palette", deep)
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(
+        f"error: {deep}: JSON nested too deeply"), errors
+    with pytest.raises(InputError, match="JSON nested too deeply"):
+        read_label_names(_deep(tmp_path / "deep.txt", 5000), 8)   # JSON by its first character
+    g = tmp_path / "latest_net_G.pth"
+    torch.save(build_generator(TINY).state_dict(), g)
+    r = CliRunner().invoke(main, ["import-official", "--generator", str(g), "--label-nc", "8",
+                                  "--no-instance", "--label-names", str(deep),
+                                  "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip() == f"error: {deep}: JSON nested too deeply (a label table is one " \
+                               f"level of {{\"id\": name}} entries)"
+
+
+def test_deeply_nested_engine_metadata_is_an_engine_error():
+    with pytest.raises(EngineError, match="engine.onnx: engine metadata is JSON nested too"):
+        info_from_json("[" * 100_000 + "]" * 100_000, "engine.onnx")
+
+
+# ------------------------------------------------- 10. messages say what is wrong
+
+def test_a_palette_or_label_names_that_is_not_a_regular_file(tmp_path, model):
+    labels = folder(tmp_path / "l", n=1)
+    fifo = tmp_path / "palette.json"
+    os.mkfifo(fifo)                                  # opening it to read would block
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o", "--palette", fifo)
+    assert code == 2 and errors == [f"error: {fifo}: is a FIFO (named pipe), not a regular file"]
+    dev = char_device(tmp_path / "null")             # was: "is a folder"
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o", "--palette", dev)
+    assert code == 2 and errors == [f"error: {dev}: is a character device, not a regular file"]
+
+
+@pytest.fixture(scope="module")
+def kserve(tmp_path_factory):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from p2phd_infer.serve.app import create_app
+    cfg = ModelConfig(**{**TINY.to_dict(), "use_instance": True})
+    model = save_random_model(tmp_path_factory.mktemp("mi") / "model.pt", cfg)
+    with TestClient(create_app(TorchEngine(model, "cpu"))) as client:
+        yield lambda inputs: client.post("/v2/models/p2phd/infer", json={"inputs": inputs})
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+@pytest.mark.parametrize("shape,fault", [
+    ([0, 1, 64, 128], "label: batch dimension is 0"),
+    ([1, 1, 0, 16], "size 16x0 is below this model's minimum 8x8"),
+])
+def test_kserve_empty_data_is_not_called_non_integer(kserve, shape, fault):
+    r = kserve([{"name": n, "datatype": "INT32", "shape": shape, "data": []}
+                for n in ("label", "inst")])
+    assert r.status_code == 400 and fault in r.json()["error"], r.text
+    assert "non-integer" not in r.json()["error"]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+@pytest.mark.parametrize("which,datatype", [("inst", "INT64"), ("label", "UINT64")])
+def test_kserve_ids_beyond_int32_are_reported_against_their_input(kserve, which, datatype):
+    label = np.zeros((1, 1, 8, 8), np.int64)
+    values = {"label": label.copy(), "inst": label.copy()}
+    values[which][0, 0, 0, 0] = 2 ** 40
+    types = {"label": "INT32", "inst": "INT32", which: datatype}
+    r = kserve([{"name": n, "datatype": types[n], "shape": [1, 1, 8, 8],
+                 "data": values[n].ravel().tolist()} for n in ("label", "inst")])
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith(f"{which}: ") and "outside int32" in r.json()["error"]

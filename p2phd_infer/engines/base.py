@@ -83,6 +83,8 @@ def info_from_json(text: str | bytes, source: str | os.PathLike) -> EngineInfo:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise EngineError(source, f"engine metadata is not valid JSON ({e})") from None
+    except RecursionError:
+        raise EngineError(source, "engine metadata is JSON nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != METADATA_FORMAT:
         raise EngineError(source, "no p2phd-infer engine metadata (export it with "
                                   "`p2phd-infer export`)")

@@ -44,6 +44,7 @@ import numpy as np
 from ..engines import Engine
 from ..errors import (AccessDenied, Cancelled, EngineFault, Error, InputError, NotFound,
                       OptionError, QueueFull, RuntimeClosed, TooLarge)
+from ..ids import as_ids
 from ..plan import DEFAULT_MAX_PIXELS
 from .kserve import FLOAT_TYPES, INTEGER_TYPES, InferRequest
 from .pool import RuntimePool
@@ -566,4 +567,6 @@ def _ids_input(t, what: str) -> np.ndarray:
     a = t.array
     if a.ndim != 4 or a.shape[1] != 1:
         raise InputError(t.name, f"shape {list(a.shape)}; expected [batch, 1, H, W]")
-    return a
+    # Range-checked here, where the input's name is known (the Runtime names a frame by its
+    # label): an INT64 inst of 2**40 is a fault of `inst`.
+    return as_ids(a, f"{what} map", t.name).numpy()

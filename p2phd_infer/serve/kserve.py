@@ -227,7 +227,9 @@ def _from_json(data, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.n
     try:
         wide = np.asarray(data, dtype=np.float64 if dtype.kind == "f" else
                           np.bool_ if dtype.kind == "b" else np.int64)
-        if dtype.kind in "iu" and np.asarray(data).dtype.kind not in "iub":
+        # An empty list has no values to be wrong (numpy types it float64): its size is checked
+        # against the shape below.
+        if dtype.kind in "iu" and wide.size and np.asarray(data).dtype.kind not in "iub":
             raise ValueError("non-integer values")
     except (ValueError, TypeError, OverflowError) as e:
         raise InputError(name, f"'data' is not a list of {DATATYPE_OF[dtype]} values ({e})") \
