@@ -29,6 +29,15 @@ CITYSCAPES_LABELS: dict[int, tuple[str, tuple[int, int, int]]] = {
 CITYSCAPES_NAMES: dict[int, str] = {i: name for i, (name, _) in CITYSCAPES_LABELS.items()}
 # The classes with instances (hasInstances in the official label table): person .. bicycle.
 CITYSCAPES_THINGS = frozenset(range(24, 34))
+# The 19 Cityscapes evaluation classes: labelId -> trainId (cityscapesscripts' table); every other
+# label id has trainId 255, ignored when scoring.
+CITYSCAPES_TRAIN_IDS: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
+IGNORE_ID = 255
+CITYSCAPES_EVAL_NAMES: list[str] = [CITYSCAPES_NAMES[i] for i in sorted(
+    CITYSCAPES_TRAIN_IDS, key=CITYSCAPES_TRAIN_IDS.get)]
 
 
 def label_from_instance(inst: torch.Tensor) -> torch.Tensor:

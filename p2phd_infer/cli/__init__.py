@@ -32,6 +32,7 @@ def main():
 
 def _register():
     from .edit import edit_cmd
+    from .evaluate import evaluate_cmd
     from .export import export_cmd
     from .features import features_cmd
     from .import_official import import_official_cmd
@@ -40,7 +41,7 @@ def _register():
     from .serve import serve_cmd
     from .train import train_cmd
     for cmd in (run_cmd, import_official_cmd, features_cmd, train_cmd, make_scenes_cmd,
-                export_cmd, serve_cmd, edit_cmd):
+                export_cmd, serve_cmd, edit_cmd, evaluate_cmd):
         main.add_command(cmd)
 
 
