@@ -33,6 +33,7 @@ gathers from it.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,32 +68,76 @@ def instance_hash(seed: int, inst: torch.Tensor) -> torch.Tensor:
 MAX_ID = 2**31 - 1
 
 
-def split_instance_style(style: str | None) -> tuple[str, dict[int, int], dict[int, int]]:
-    """'car=1,#26001=3,#26002=#26001' -> ('car=1', {26001: 3}, {26002: 26001}): the label entries
-    (for parse_style) and the per-instance ones. OptionError on a bad '#' entry."""
-    rest, instances, copies = [], {}, {}
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def as_integer(value, what: str) -> int:
+    """An integer option (a seed, an instance id, a cluster index) from Python, numpy, JSON or a
+    text field: an int, a numpy integer or a string of digits; OptionError naming `what` for
+    anything else (1.5 or True would be truncated to a different choice without a sign)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+        return int(value)
+    raise OptionError(what, f"{value!r} is not an integer")
+
+
+def parse_entries(style: str | None) -> tuple[int | None, list[tuple[str, int, str]],
+                                             dict[int, int], dict[int, int]]:
+    """The one parser of style text: 'car=1,*=0,#26001=3,#26002=#26001' -> (the '*' index or
+    None, [(label key, index, entry)] in order, {instance: index}, {instance: source}). Every
+    entry is checked here, and each key may appear once: a label (by the same name or id), '*',
+    or an instance. Label names are resolved by parse_style, which also refuses two spellings
+    of one label."""
+    star, labels, instances, copies = None, [], {}, {}
+    seen_keys: set[str] = set()
     for entry in (style or "").split(","):
         entry = entry.strip()
-        if not entry.startswith("#"):
-            if entry:
-                rest.append(entry)
+        if not entry:
             continue
-        key, sep, value = entry[1:].partition("=")
+        key, sep, value = entry.partition("=")
         key, value = key.strip(), value.strip()
-        src = value[1:].strip() if value.startswith("#") else None
-        ok = sep and key.isdigit() and (src.isdigit() if src is not None else value.isdigit())
-        if not ok:
-            raise OptionError(f"--style entry {entry!r}: expected #INSTANCE=CLUSTER (e.g. "
-                              f"#26001=3) or #INSTANCE=#SOURCE (e.g. #26002=#26001)")
-        iid = int(key)
-        if iid > MAX_ID or int(src if src is not None else value) > MAX_ID:
-            raise OptionError(f"--style entry {entry!r}: instance ids and clusters fit int32")
-        if iid in instances or iid in copies:
-            raise OptionError(f"--style entry {entry!r}: instance {iid} is given twice")
-        if src is not None:
-            copies[iid] = int(src)
+        if key.startswith("#"):
+            iid_text = key[1:].strip()
+            src = value[1:].strip() if value.startswith("#") else None
+            ok = sep and _DIGITS.fullmatch(iid_text) and \
+                _DIGITS.fullmatch(src if src is not None else value)
+            if not ok:
+                raise OptionError(f"--style entry {entry!r}: expected #INSTANCE=CLUSTER (e.g. "
+                                  f"#26001=3) or #INSTANCE=#SOURCE (e.g. #26002=#26001)")
+            iid = int(iid_text)
+            if iid > MAX_ID or int(src if src is not None else value) > MAX_ID:
+                raise OptionError(f"--style entry {entry!r}: instance ids and clusters fit int32")
+            if iid in instances or iid in copies:
+                raise OptionError(f"--style entry {entry!r}: instance {iid} is given twice")
+            if src is not None:
+                copies[iid] = int(src)
+            else:
+                instances[iid] = int(value)
+            continue
+        if not sep or not key or not value:
+            raise OptionError(f"--style entry {entry!r}: expected LABEL=CLUSTER (e.g. car=3, "
+                              f"26=0, *=0)")
+        if not re.fullmatch(r"[+-]?[0-9]+", value):
+            raise OptionError(f"--style entry {entry!r}: cluster index {value!r} is not an "
+                              f"integer")
+        if key in seen_keys:
+            what = "'*'" if key == "*" else f"label {key!r}"
+            raise OptionError(f"--style entry {entry!r}: {what} is given twice")
+        seen_keys.add(key)
+        if key == "*":
+            star = int(value)
         else:
-            instances[iid] = int(value)
+            labels.append((key, int(value), entry))
+    return star, labels, instances, copies
+
+
+def split_instance_style(style: str | None) -> tuple[str, dict[int, int], dict[int, int]]:
+    """'car=1,#26001=3,#26002=#26001' -> ('car=1', {26001: 3}, {26002: 26001}): the label entries
+    (for parse_style) and the per-instance ones (parse_entries: OptionError on a bad entry)."""
+    _, _, instances, copies = parse_entries(style)
+    rest = [e.strip() for e in (style or "").split(",")
+            if e.strip() and not e.strip().startswith("#")]
     return ",".join(rest), instances, copies
 
 
@@ -100,8 +145,12 @@ def instance_style(instances: dict[int, int] | None = None,
                    copies: dict[int, int] | None = None) -> str:
     """The canonical '#id=k' / '#id=#src' style text of per-instance choices (sorted, so the
     same choices always give the same text)."""
-    entries = [(int(i), f"#{int(i)}={int(k)}") for i, k in (instances or {}).items()]
-    entries += [(int(i), f"#{int(i)}=#{int(s)}") for i, s in (copies or {}).items()]
+    instances = {as_integer(i, "instance_styles"): as_integer(k, f"instance_styles[{i}]")
+                 for i, k in (instances or {}).items()}
+    copies = {as_integer(i, "copy_styles"): as_integer(c, f"copy_styles[{i}]")
+              for i, c in (copies or {}).items()}
+    entries = [(i, f"#{i}={k}") for i, k in instances.items()]
+    entries += [(i, f"#{i}=#{c}") for i, c in copies.items()]
     return ",".join(e for _, e in sorted(entries))
 
 
@@ -130,29 +179,20 @@ def _lookup(ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 
 def parse_style(style: str, label_names: dict[int, str] | None = None
                 ) -> tuple[int | None, dict[int, int]]:
-    """'car=3,road=1,*=0' -> (3 for '*' or None, {26: 3, 7: 1}); ValueError on a bad entry."""
-    star, fixed = None, {}
-    for entry in style.split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        key, sep, value = entry.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise OptionError(f"--style entry {entry!r}: expected LABEL=CLUSTER (e.g. car=3, 26=0, "
-                             f"*=0)")
+    """'car=3,road=1,*=0' -> (3 for '*' or None, {26: 3, 7: 1}) through parse_entries; a label
+    given twice, by any spelling ('car=1,26=2'), is an OptionError."""
+    star, labels, _, _ = parse_entries(style)
+    fixed: dict[int, int] = {}
+    spelled: dict[int, str] = {}
+    for key, index, entry in labels:
         try:
-            index = int(value)
-        except ValueError:
-            raise OptionError(f"--style entry {entry!r}: cluster index {value!r} is not an integer") \
-                from None
-        if key == "*":
-            star = index
-        else:
-            try:
-                fixed[resolve_label(key, label_names)] = index
-            except ValueError as e:
-                raise OptionError(f"--style entry {entry!r}: {e}") from None
+            label = resolve_label(key, label_names)
+        except ValueError as e:
+            raise OptionError(f"--style entry {entry!r}: {e}") from None
+        if label in fixed:
+            raise OptionError(f"--style entry {entry!r}: label {label} is given twice "
+                              f"({spelled[label]!r} and {entry!r})")
+        fixed[label], spelled[label] = index, entry
     return star, fixed
 
 
@@ -181,21 +221,24 @@ class StyleControl:
                  photo: tuple[torch.Tensor, torch.Tensor] | None = None,
                  device: torch.device | str | None = None, *,
                  instances: dict[int, int] | None = None, copies: dict[int, int] | None = None,
-                 label_names: dict[int, str] | None = None):
+                 label_names: dict[int, str] | None = None, label_nc: int = 0):
         """features: {label: [k, feat_num]} centres; choice: {label: fixed centre index} (already
         checked); photo: (instance ids int64 [N], mean features [N, feat_num]) of a style photo;
         instances: {instance id: centre index}; copies: {instance id: instance id it copies}
-        (both checked here: OptionError)."""
+        (both checked here: OptionError); label_nc: the model's labels, which a copy's source
+        must be of (0: not checked)."""
         self.feat_num = feat_num
-        self.seed = int(seed)
+        self.seed = as_integer(seed, "seed")
         self.device = _normalise(device)
         features = {int(k): torch.as_tensor(v, dtype=torch.float32) for k, v in
                     (features or {}).items() if len(v)}
         # Kept so with_instances() can derive a control with other per-instance choices.
-        self._args = (features, dict(choice or {}), photo, label_names)
-        self.instances = {int(i): int(k) for i, k in (instances or {}).items()}
-        self.copies = {int(i): int(s) for i, s in (copies or {}).items()}
-        self._check_instances(features, label_names)
+        self._args = (features, dict(choice or {}), photo, label_names, label_nc)
+        self.instances = {as_integer(i, "instance_styles"): as_integer(k, f"instance_styles[{i}]")
+                          for i, k in (instances or {}).items()}
+        self.copies = {as_integer(i, "copy_styles"): as_integer(c, f"copy_styles[{i}]")
+                       for i, c in (copies or {}).items()}
+        self._check_instances(features, label_names, label_nc)
         if any(k < 0 for k in features):
             bad = sorted(k for k in features if k < 0)
             raise OptionError(f"feature dictionary: negative label ids {bad}")
@@ -238,12 +281,18 @@ class StyleControl:
         self._tables_for(self.device)
 
     def _check_instances(self, features: dict[int, torch.Tensor],
-                         names: dict[int, str] | None) -> None:
+                         names: dict[int, str] | None, label_nc: int) -> None:
         for iid, src in self.copies.items():
             if not (0 <= iid <= MAX_ID and 0 <= src <= MAX_ID):
                 raise OptionError(f"--style '#{iid}=#{src}': instance ids are 0..{MAX_ID}")
             if iid == src:
                 raise OptionError(f"--style '#{iid}=#{src}': an instance cannot copy itself")
+            # Copying pixels take the source's label (id // 1000, or the id itself below 1000,
+            # as feature_map reads them): one the model does not have gives zero features.
+            src_label = src // 1000 if src >= 1000 else src
+            if label_nc > 0 and src_label >= label_nc:
+                raise OptionError(f"--style '#{iid}=#{src}': source instance {src} is of label "
+                                  f"{src_label}, outside this model's labels 0..{label_nc - 1}")
             if iid in self.instances:
                 raise OptionError(f"--style: instance {iid} has both a cluster and a copy")
         if not self.instances:
@@ -272,9 +321,10 @@ class StyleControl:
                        copies: dict[int, int] | None = None) -> "StyleControl":
         """The same control (dictionary, label choices, seed, photo, device) with these
         per-instance choices instead of its own."""
-        features, choice, photo, names = self._args
+        features, choice, photo, names, label_nc = self._args
         return StyleControl(self.feat_num, features, choice, self.seed, photo, self.device,
-                            instances=instances, copies=copies, label_names=names)
+                            instances=instances, copies=copies, label_names=names,
+                            label_nc=label_nc)
 
     # ------------------------------------------------------------------ construction
 
@@ -287,6 +337,7 @@ class StyleControl:
         features, an unknown label, a cluster index out of range, or a bad style photo.
         instances/copies: per-instance choices, merged over the style's '#' entries."""
         cfg = info.config
+        seed = as_integer(seed, "seed")          # refused even where it changes nothing
         style, own_instances, own_copies = split_instance_style(style)
         instances = {**own_instances, **(instances or {})}
         copies = {**own_copies, **(copies or {})}
@@ -309,7 +360,7 @@ class StyleControl:
         if style_image is not None:
             photo = photo_instance_means(info, style_image, style_inst, encoder)
         return cls(cfg.feat_num, features, choice, seed, photo, device, instances=instances,
-                   copies=copies, label_names=names)
+                   copies=copies, label_names=names, label_nc=cfg.label_nc)
 
     @classmethod
     def for_engine(cls, engine, style: str | None = None, seed: int = 0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import struct
 import zlib
@@ -18,17 +19,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from p2phd_infer.api import Pix2PixHD
 from p2phd_infer.cli import main
-from p2phd_infer.config import ModelConfig
-from p2phd_infer.engines import TorchEngine
 from p2phd_infer.checkpoint import save_checkpoint
+from p2phd_infer.config import ModelConfig
+from p2phd_infer.engines import EngineInfo, TorchEngine
 from p2phd_infer.engines.base import info_from_json
-from p2phd_infer.errors import EngineError, EngineFault, InputError, OutputError
+from p2phd_infer.errors import EngineError, EngineFault, InputError, OptionError, OutputError
 from p2phd_infer.image_io import read_id_png
 from p2phd_infer.label_names import read_label_names
+from p2phd_infer.labels import CITYSCAPES_NAMES
 from p2phd_infer.networks import build_generator
 from p2phd_infer.palette import Palette
 from p2phd_infer.runtime import Runtime
+from p2phd_infer.styles import StyleControl, instance_style, parse_style
 from helpers import random_checkpoint, save_random_model
 
 TINY = ModelConfig(label_nc=8, use_instance=False, ngf=2, netG="global", n_downsample_global=2,
@@ -372,3 +376,72 @@ def test_kserve_ids_beyond_int32_are_reported_against_their_input(kserve, which,
                  "data": values[n].ravel().tolist()} for n in ("label", "inst")])
     assert r.status_code == 400, r.text
     assert r.json()["error"].startswith(f"{which}: ") and "outside int32" in r.json()["error"]
+
+
+# ------------------------------------------------- 6. styles: one parser, no silent choice
+
+FEATS = ModelConfig(label_nc=35, use_instance=True, feat_num=2, netG="global", ngf=2,
+                    n_downsample_global=1, n_blocks_global=1)
+
+
+def _feature_info():
+    g = torch.Generator().manual_seed(0)
+    return EngineInfo(FEATS, {7: torch.randn(3, 2, generator=g),
+                              26: torch.randn(4, 2, generator=g)}, CITYSCAPES_NAMES)
+
+
+@pytest.mark.parametrize("style,fault", [
+    ("car=1,car=2", "label 'car' is given twice"),             # was: the last one won
+    ("car=1,26=2", "label 26 is given twice ('car=1' and '26=2')"),
+    ("*=0,road=1,*=1", "'*' is given twice"),
+    ("#26001=1,#26001=#26002", "instance 26001 is given twice"),
+])
+def test_a_style_entry_given_twice_is_refused(style, fault):
+    with pytest.raises(OptionError, match=re.escape(fault)):
+        StyleControl.from_options(_feature_info(), style)
+    with pytest.raises(OptionError, match="given twice"):
+        parse_style(style)                                     # the one parser says it too
+
+
+@pytest.mark.parametrize("style,src_label", [("#26001=#99999", 99), ("#26001=#40", 40)])
+def test_a_copy_from_a_label_the_model_lacks_is_refused(style, src_label):
+    with pytest.raises(OptionError, match=rf"source instance \d+ is of label {src_label}, "
+                                          rf"outside this model's labels 0..34"):
+        StyleControl.from_options(_feature_info(), style)
+    ok = StyleControl.from_options(_feature_info(), "#26001=#26002")
+    with pytest.raises(OptionError, match="of label 99"):
+        ok.with_instances(copies={26003: 99001})               # per-call choices too
+
+
+@pytest.mark.parametrize("make", [
+    lambda: StyleControl.from_options(_feature_info(), None, seed=1.5),
+    lambda: StyleControl.from_options(_feature_info(), None, instances={26001: 1.7}),
+    lambda: StyleControl.from_options(_feature_info(), None, copies={26001: 26002.0}),
+    lambda: StyleControl.from_options(_feature_info(), None, seed=True),
+    lambda: instance_style({26001: 1.7}),
+])
+def test_non_integer_seeds_clusters_and_sources_are_refused(make):
+    with pytest.raises(OptionError, match="is not an integer"):
+        make()
+
+
+def test_the_api_and_server_refuse_non_integer_choices(tmp_path):
+    ckpt = random_checkpoint(FEATS, features=_feature_info().features)
+    save_checkpoint(ckpt, tmp_path / "feat.pt")
+    p2p = Pix2PixHD(tmp_path / "feat.pt", device="cpu")
+    label = np.full((8, 8), 26, np.int32)
+    inst = np.full((8, 8), 26001, np.int32)
+    p2p(label, inst, instance_styles={26001: 1})               # cached under '#26001=1'
+    with pytest.raises(OptionError, match=r"instance_styles\[26001\]: 1\.7 is not an integer"):
+        p2p(label, inst, instance_styles={26001: 1.7})          # was: the same image as 1
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from p2phd_infer.serve.app import create_app
+    with TestClient(create_app(p2p.engine)) as client:
+        req = {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 1, 8, 8],
+                           "data": a.ravel().tolist()} for n, a in (("label", label),
+                                                                     ("inst", inst))]}
+        for seed in (1.5, "1.5", True):
+            r = client.post("/v2/models/p2phd/infer", json={**req, "parameters": {"seed": seed}})
+            assert r.status_code == 400 and "is not an integer" in r.json()["error"], r.text

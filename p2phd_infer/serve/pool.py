@@ -28,6 +28,7 @@ from ..engines.base import resolve_device
 from ..errors import EngineFault, InputError, OptionError, QueueFull, RuntimeClosed
 from ..ids import as_ids, check_maps
 from ..runtime import FrameTiming, Runtime
+from ..styles import as_integer
 from ..synthesizer import to_uint8
 
 DEFAULT_STYLE = (None, 0)
@@ -130,10 +131,7 @@ class RuntimePool:
         features, where neither changes anything). OptionError for a style such a model cannot
         take, or a seed that is not an integer."""
         style = style.strip() if isinstance(style, str) and style.strip() else None
-        try:
-            seed = int(seed if seed is not None else 0)
-        except (TypeError, ValueError):
-            raise OptionError("seed", f"{seed!r} is not an integer") from None
+        seed = as_integer(seed if seed is not None else 0, "seed")   # 1.5 is not seed 1
         if self.cfg.feat_num <= 0:
             if style:
                 raise OptionError("style", "this model takes no instance features (feat_num 0)")
