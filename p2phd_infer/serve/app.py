@@ -29,6 +29,7 @@ import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -37,6 +38,7 @@ from ..engines import Engine
 from ..errors import Cancelled, InputError, OptionError, TooLarge
 from ..image_io import encode_image, read_id_png
 from ..plan import DEFAULT_MAX_PIXELS
+from .access import AccessMiddleware, AccessPolicy
 from .dataplane import DEFAULT_VERSION, DataPlane, ModelSettings, ServedModel, fault_of, \
     one_line
 from .kserve import HEADER_LENGTH, decode_request, decompress, encode_response
@@ -52,11 +54,14 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
                max_body_bytes: int = 64 << 20, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                style_cache: int = 4, jpeg_quality: int = 95, decode_workers: int | None = None,
                editor: bool = False, samples: list | None = None,
-               dataplane: DataPlane | None = None) -> Starlette:
+               dataplane: DataPlane | None = None, access: AccessPolicy | None = None
+               ) -> Starlette:
     """The app over one `engine` served as `model_name` version 1, or over a `dataplane` (a model
     repository, several models). The models' Runtimes start with the app (lifespan startup) and
     are closed, after every admitted frame is answered, at shutdown. editor: also serve the
-    editor page at / (editor.py) for the first model, with `samples` (editor.Sample) to load."""
+    editor page at / (editor.py) for the first model, with `samples` (editor.Sample) to load.
+    access: the Host / Origin / API key checks (access.py) every request passes first; the
+    commands always give one (None: an app embedded in a test or another ASGI server)."""
     if dataplane is None:
         if engine is None:
             raise OptionError("engine", "create_app needs an engine or a dataplane")
@@ -85,6 +90,8 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
                 except ClientDisconnect:
                     response = answer_fault(request, Cancelled("request", "the client went away "
                                                                           "mid-body"))
+                except HTTPException as e:       # Starlette's own (a form it cannot parse)
+                    response = http_fault(request, e)
                 except Exception as e:  # noqa: BLE001 - every fault answers this request
                     response = answer_fault(request, e)
                 metrics.observe(name, response.status_code, time.perf_counter() - t0)
@@ -253,12 +260,19 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
 
     # ------------------------------------------------------------------ the app
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        kind = "not_found" if exc.status_code in (404, 405) else "input"
+    def http_fault(request: Request, exc: HTTPException) -> Response:
+        """Starlette's HTTPException (no route, wrong method, a form it cannot parse): its own
+        status, the one-line KServe error."""
+        kind = "not_found" if exc.status_code in (404, 405) else \
+            "input" if exc.status_code < 500 else "internal"
         dp.failure(kind)
-        metrics.observe("other", exc.status_code, 0.0)
         return error(exc.status_code, f"{request.method} {request.url.path}: "
-                                      f"{one_line(Exception(exc.detail))}")
+                                      f"{one_line(Exception(exc.detail))}", exc.headers)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        response = http_fault(request, exc)
+        metrics.observe("other", exc.status_code, 0.0)
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -299,7 +313,13 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
         routes += editor_routes(first.engine, lambda: dp.model(default_model).running(),
                                 endpoint, read_body, samples or [], max_pixels=max_pixels,
                                 frames_done=metrics.frames_done, parse_form=_parse_form)
-    app = Starlette(routes=routes, lifespan=lifespan,
+    def refused(kind: str, status: int) -> None:
+        dp.failure(kind)
+        metrics.observe("refused", status, 0.0)
+
+    middleware = [] if access is None else [Middleware(AccessMiddleware, policy=access,
+                                                       refused=refused)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: http_error})
     app.state.metrics = metrics
     app.state.dataplane = dp
@@ -324,5 +344,8 @@ async def _parse_form(request: Request, body: bytes, limit: int):
                                                          max_part_size=limit)
     except MultiPartException as e:
         raise InputError("request", f"bad multipart body ({e.message})") from None
+    except HTTPException as e:           # Starlette wraps the parser's faults inside an app
+        raise InputError("request", f"bad multipart body ({one_line(Exception(e.detail))})") \
+            from None
     except (ValueError, KeyError) as e:
         raise InputError("request", f"bad form body ({one_line(e)})") from None
