@@ -235,7 +235,7 @@ def test_bad_requests_are_400_with_the_fault(server, work):
     assert status == 400 and "not valid JSON" in json.loads(body)["error"]
     # Over --max-body-mb 1: refused from the Content-Length, before the body is sent.
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"POST /v2/models/p2phd/infer HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /v2/models/p2phd/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Length: 2000000\r\n\r\n")
         reply = b""
         while b"}" not in reply:
@@ -269,7 +269,7 @@ def test_200_requests_from_8_threads_all_answered_and_batched(server, reference)
     singles = server.metric("p2phd_batch_size_bucket", 'le="1.0"')
     batches = server.metric("p2phd_batch_size_count")
     assert batches > singles, "no batch of more than one frame was formed"
-    assert server.metric("p2phd_frames_total") >= n
+    assert server.metric("nv_inference_count", 'model="p2phd",version="1"') >= n
 
 
 def test_a_corrupt_png_fails_alone(server, work):

@@ -38,6 +38,7 @@ def edit_cmd(label, inst, engine, host, port, device, precision, mode, max_batch
     try:
         import uvicorn  # noqa: F401 - a missing server package fails before the engine loads
 
+        from ..serve.access import AccessPolicy
         from ..serve.app import create_app
         from ..serve.editor import Sample, demo_samples
     except ImportError as e:
@@ -58,7 +59,8 @@ def edit_cmd(label, inst, engine, host, port, device, precision, mode, max_batch
     from ..engines import open_engine
     eng = open_engine(engine, device, precision=precision, mode=mode)
     app = create_app(eng, max_batch_size=max_batch_size, max_delay_us=2000,
-                     max_pixels=max_pixels, editor=True, samples=samples)
+                     max_pixels=max_pixels, editor=True, samples=samples,
+                     access=AccessPolicy.for_bind(host))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     click.echo(f"p2phd-infer edit: {eng.name} on {eng.device}; open http://{shown}:{bound[1]}/",

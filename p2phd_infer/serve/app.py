@@ -41,7 +41,7 @@ from ..plan import DEFAULT_MAX_PIXELS
 from .access import AccessMiddleware, AccessPolicy
 from .dataplane import DEFAULT_VERSION, DataPlane, ModelSettings, ServedModel, fault_of, \
     one_line
-from .kserve import HEADER_LENGTH, decode_request, decompress, encode_response
+from .kserve import HEADER_LENGTH, decode_request, decompress, encode_response, loads
 from .metrics import ServerMetrics
 
 log = logging.getLogger("p2phd_infer.serve")
@@ -180,22 +180,35 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
         body = await read_body(request)
         ready_only = False
         if body.strip():
-            from .kserve import loads
             doc = loads(body, "request")
             if not isinstance(doc, dict):
                 raise InputError("request", "the repository index request must be a JSON object")
             ready_only = doc.get("ready") is True
         return JSONResponse(dp.repository_index(ready_only))
 
+    def control_parameters(body: bytes) -> dict:
+        if not body.strip():
+            return {}
+        doc = loads(body, "request")
+        if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
+            raise InputError("request", "a load/unload request is a JSON object with an "
+                                        "optional 'parameters' object")
+        return doc.get("parameters", {})
+
     @endpoint("repository")
     async def repository_load(request: Request) -> Response:
-        await read_body(request)
+        params = control_parameters(await read_body(request))
+        given = [k for k in params if k == "config" or k.startswith("file:")]
+        if given:
+            raise OptionError(given[0], "loading with a configuration or files sent in the "
+                                        "request is not supported: put them in the "
+                                        "repository folder")
         await asyncio.to_thread(dp.load, request.path_params["name"])
         return JSONResponse({})
 
     @endpoint("repository")
     async def repository_unload(request: Request) -> Response:
-        await read_body(request)
+        control_parameters(await read_body(request))   # unload_dependents: no ensembles here
         await asyncio.to_thread(dp.unload, request.path_params["name"])
         return JSONResponse({})
 
