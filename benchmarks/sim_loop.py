@@ -4,7 +4,8 @@ simulator would (label maps only: instances are derived, `--instances auto`'s ru
 frame to the Runtime through the embedding API (no files), and the images become one mp4.
 
 Rows:
-  engine alone      the API's call on ids already in memory, one frame at a time
+  engine alone      the API's call on ids already in memory, one frame at a time (the
+                    faster of two passes)
   loop, batch 1     a synchronous simulator: submit a frame, wait for its image, next tick
                     (Runtime, max_batch_size 1, one frame in flight)
   loop, batch N     a pipelined one: up to 2N frames in flight, max_batch_size N, a queue delay
@@ -102,13 +103,18 @@ def run_loop(p2p: Pix2PixHD, labels, insts, batch: int, delay_us: int, window: i
 
 
 def engine_alone(p2p: Pix2PixHD, labels, insts, warmup: int) -> tuple[float, list[float]]:
-    times = []
-    for i, (lab, ins) in enumerate(zip(labels, insts)):
-        t = time.perf_counter()
-        p2p(lab, ins)
-        if i >= warmup:
-            times.append((time.perf_counter() - t) * 1000)
-    return 1000 / statistics.mean(times), times
+    """Two passes over the frames, the faster one kept (a shared machine's stalls hit one)."""
+    best = None
+    for _ in range(2):
+        times = []
+        for i, (lab, ins) in enumerate(zip(labels, insts)):
+            t = time.perf_counter()
+            p2p(lab, ins)
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1000)
+        if best is None or sum(times) < sum(best):
+            best = times
+    return 1000 / statistics.mean(best), best
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
