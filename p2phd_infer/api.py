@@ -24,7 +24,7 @@ import torch
 from .engines import Engine, open_engine
 from .engines.base import resolve_device
 from .errors import InputError, OptionError
-from .ids import as_ids, check_maps
+from .ids import as_ids, check_maps, remap_arrays
 from .runtime import Runtime
 from .synthesizer import to_uint8
 
@@ -55,6 +55,9 @@ class Pix2PixHD:
     (see styles.py); ignored by models without features unless given explicitly.
     instance_styles {instance id: cluster index} / copy_styles {instance id: source instance id}:
     per-instance choices for every call (a call may give its own instead).
+    label_map: a --label-map file (label_map.py): every label map given is in its source ids.
+    instances="auto": a call without `inst` gets instance maps derived from the label map
+    (sim.instances_from_labels), on the host.
     """
 
     def __init__(self, engine: str | Path | Engine | None = None, *, device: str = "auto",
@@ -63,12 +66,21 @@ class Pix2PixHD:
                  seed: int = 0, style_image: str | Path | None = None,
                  style_instances: str | Path | None = None,
                  instance_styles: dict[int, int] | None = None,
-                 copy_styles: dict[int, int] | None = None):
+                 copy_styles: dict[int, int] | None = None,
+                 label_map: str | Path | None = None, instances: str | None = None):
+        if instances not in (None, "auto"):
+            raise OptionError("instances", f"None (maps given with each call) or 'auto' (derived "
+                                           f"from the label map), not {instances!r}")
         self.engine = engine if isinstance(engine, Engine) else \
             open_engine(engine, device, precision=precision, compile=compile, mode=mode)
         self.style = make_style(self.engine, style, seed, style_image, style_instances,
                                 instance_styles, copy_styles)
         self._call_style: tuple[str, object] | None = None   # the last per-call control
+        if label_map is not None:
+            from .label_map import read_label_map
+            label_map = read_label_map(label_map).for_model(self.engine.config.label_nc)
+        self.label_map = label_map
+        self.derive_instances = instances == "auto"
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +107,8 @@ class Pix2PixHD:
             raise OptionError("output", f"must be 'numpy', 'torch' or 'float', not {output!r}")
         single = _ndim(label) == 2
         cfg = self.config
+        if self.label_map is not None or (self.derive_instances and inst is None):
+            label, inst = self._remap(label, inst)
         label_t = self._ids(label, "label map")
         inst_t = None
         if cfg.needs_instance_map:
@@ -131,9 +145,31 @@ class Pix2PixHD:
         return self._call_style[1]
 
     def runtime(self, **options) -> Runtime:
-        """A Runtime (runtime.py) over this engine and style: submit()/map() with batching and
-        overlapped decode, copies, compute and encode."""
+        """A Runtime (runtime.py) over this engine and style (and label map, and derived
+        instances): submit()/map() with batching and overlapped decode, copies, compute and
+        encode."""
+        options.setdefault("label_map", self.label_map)
+        options.setdefault("derive_instances", self.derive_instances)
         return Runtime(self.engine, style=self.style, **options)
+
+    def _remap(self, label, inst):
+        """Label maps in the label map's source ids -> the model's; instance maps derived where
+        none is given (instances="auto"). [H,W] or [B,H,W] (or [B,1,H,W]) -> host numpy."""
+        arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else \
+            np.asarray(label)
+        colours = self.label_map is not None and self.label_map.colors
+        batched = arr.ndim == 4 or (arr.ndim == 3 and not colours)
+        frames = [f.reshape(f.shape[-2:]) if not colours else f for f in arr] if batched \
+            else [arr]
+        insts = [None] * len(frames) if inst is None else None
+        out = [remap_arrays(f, None if insts is None else insts[i], self.config, "label map",
+                            label_map=self.label_map,
+                            derive_instances=self.derive_instances and inst is None)
+               for i, f in enumerate(frames)]
+        labels = np.stack([o[0] for o in out]) if batched else out[0][0]
+        if inst is None and self.derive_instances and self.config.needs_instance_map:
+            inst = np.stack([o[1] for o in out]) if batched else out[0][1]
+        return labels, inst
 
     def _ids(self, x, what: str) -> torch.Tensor:
         """-> [B,1,H,W] ids: int32 on the host (checked), or as given on the engine's device

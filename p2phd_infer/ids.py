@@ -95,31 +95,106 @@ def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig,
             raise InputError(name, fault)
 
 
+def label_ids(values: np.ndarray, name: str, *, label_format: str = "ids", palette=None,
+              label_map=None) -> np.ndarray:
+    """A decoded label map -> int32 [H,W] label ids, by the one rule for every source (files,
+    the Runtime's and the API's arrays, serve): CARLA RGB -> its red-channel tags through
+    sim.CARLA_TO_CITYSCAPES (or `label_map`, which replaces it); colours [H,W,3] -> ids through
+    `label_map` when it maps colours, else `palette`; ids -> `label_map` when given. InputError
+    naming `name` for a value the table lacks."""
+    if label_format == "carla":
+        from .sim import carla_labels
+        if values.ndim != 3:
+            raise InputError(name, f"a CARLA camera image is RGB [H,W,3], got shape "
+                                   f"{tuple(values.shape)}")
+        return carla_labels(np.ascontiguousarray(values[..., 0]), name=name,
+                            table=label_map.table() if label_map is not None else None)
+    if label_map is not None and (values.ndim == 3) == label_map.colors:
+        return label_map.apply(values, name)
+    if values.ndim == 3:
+        if palette is None:
+            raise InputError(name, "a colour label map, and no palette to read it with")
+        return palette.ids(values, name)
+    return values
+
+
+def instance_ids(label: np.ndarray, inst, name: str, cfg: ModelConfig, *,
+                 derive: bool = False, label_format: str = "ids"):
+    """The instance map that goes with `label` (int32 ids): `inst` as given (a decoded map; for
+    CARLA the instance camera's RGB, read as class*1000 + actor id mod 1000), or, with
+    `derive` and no map, one derived from the label map (sim.instances_from_labels). None for a
+    model that takes none; InputError naming `name` when one is needed and missing."""
+    if not cfg.needs_instance_map:
+        return None
+    if inst is None:
+        if derive:
+            from .sim import instances_from_labels
+            return instances_from_labels(label, name=name)
+        raise InputError(name, "no instance map found (the model needs one): give "
+                               "--instances DIR (or --instances auto to derive them from the "
+                               "label map), or use Cityscapes names or a *_inst/ sibling folder")
+    if label_format == "carla":
+        from .sim import carla_instances, split_carla_rgb
+        if inst.ndim != 3:
+            raise InputError(name, "a CARLA instance camera image is RGB [H,W,3]")
+        return carla_instances(label, split_carla_rgb(inst)[1], name=name)
+    return inst
+
+
+def remap_arrays(label, inst, cfg: ModelConfig, name: str, *, label_map=None,
+                 derive_instances: bool = False):
+    """In-memory maps of one frame (numpy or torch, [H,W] or [H,W,3] colours, leading 1-dims
+    allowed) -> (label, inst) with `label_map` applied and, with `derive_instances` and no
+    instance map, one derived (both as host numpy arrays); as given when neither applies. A map
+    on a CUDA device is copied to the host for this (the labelling runs on the CPU)."""
+    wants_inst = derive_instances and inst is None and cfg.needs_instance_map
+    if cfg.label_nc == 0 or (label_map is None and not wants_inst):
+        return label, inst
+    arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if label_map is not None:
+        arr = label_ids(arr, name, label_map=label_map)
+    if arr.ndim != 2:
+        raise InputError(name, f"label map has shape {tuple(arr.shape)}; expected [H,W]")
+    if wants_inst:
+        inst = instance_ids(as_ids(arr, "label map", name).numpy(), None, name, cfg,
+                            derive=True)
+    return arr, inst
+
+
 def decode_maps(label: str, inst: str | None, cfg: ModelConfig, *, size=None,
                 max_pixels: int | None = None, label_format: str = "ids",
-                palette=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                palette=None, label_map=None,
+                derive_instances: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """PNG locations -> checked tensors (label, inst; inst None for a model that takes no
     instance map). label: int32 [H,W] ids; for a label_nc 0 model the input image itself, uint8
     [3,H,W] (any format Pillow reads; the engine side converts it to x/127.5 - 1).
-    label_format: ids, color or auto (image_io.read_label_png); a colour map becomes ids through
-    `palette` (palette.Palette), InputError naming the file, pixel and colour for one it lacks."""
+    label_format: ids, color, auto or carla (image_io.read_label_png); the ids then follow
+    label_ids (palette, label_map, the CARLA table) and the instance map instance_ids (given,
+    CARLA's instance camera, or derived with `derive_instances`)."""
+    inst_t = None
     if cfg.label_nc == 0:
         rgb = read_rgb(label, max_pixels)
         label_t = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+        if cfg.needs_instance_map:
+            if inst is None:
+                raise InputError(label, "no instance map found (the model needs one): give "
+                                        "--instances DIR, or use Cityscapes names or a *_inst/ "
+                                        "sibling folder")
+            inst_t = torch.from_numpy(read_id_png(inst, max_pixels))
     else:
         arr = read_label_png(label, max_pixels, label_format=label_format)
-        if arr.ndim == 3:
-            if palette is None:
-                raise InputError(label, "a colour label map, and no palette to read it with")
-            arr = palette.ids(arr, str(label))
-        label_t = torch.from_numpy(arr)
-    inst_t = None
-    if cfg.needs_instance_map:
-        if inst is None:
-            raise InputError(label, "no instance map found (the model needs one): give "
-                                    "--instances DIR, or use Cityscapes names or a *_inst/ "
-                                    "sibling folder")
-        inst_t = torch.from_numpy(read_id_png(inst, max_pixels))
+        ids = label_ids(arr, str(label), label_format=label_format, palette=palette,
+                        label_map=label_map)
+        label_t = torch.from_numpy(ids)
+        inst_arr = None
+        if inst is not None and cfg.needs_instance_map:
+            inst_arr = read_label_png(inst, max_pixels, label_format="carla") \
+                if label_format == "carla" else read_id_png(inst, max_pixels)
+        inst_arr = instance_ids(ids, inst_arr, str(inst if inst is not None else label), cfg,
+                                derive=derive_instances, label_format=label_format)
+        inst_t = torch.from_numpy(inst_arr) if inst_arr is not None else None
     check_maps(label_t, inst_t, cfg, str(label), inst_name=None if inst is None else str(inst),
                size=size, max_pixels=max_pixels)
     return label_t, inst_t

@@ -38,7 +38,8 @@ def read_id_png(location: str | os.PathLike | bytes, max_pixels: int | None = No
     return read_label_png(location, max_pixels, name=name, label_format="ids")
 
 
-LABEL_FORMATS = ("auto", "ids", "color")
+# carla: a CARLA segmentation camera PNG (RGB: the tag in red; sim.py reads it)
+LABEL_FORMATS = ("auto", "ids", "color", "carla")
 _ID_MODES = ("L", "P", "I", "1")
 _GREYSCALE = 0                 # PNG colour type of a greyscale image without alpha
 
@@ -66,8 +67,9 @@ def read_label_png(location: str | os.PathLike | bytes, max_pixels: int | None =
     """A label map PNG -> int32 [H,W] ids, or uint8 [H,W,3] colours (for a palette to map).
 
     label_format: "ids" (a single-channel map, as read_id_png), "color" (an RGB or RGBA map,
-    alpha ignored, or a palette-indexed one converted to its colours), or "auto" (single-channel
-    and palette-indexed maps are ids, RGB and RGBA maps colours). Every fault names the file."""
+    alpha ignored, or a palette-indexed one converted to its colours), "auto" (single-channel
+    and palette-indexed maps are ids, RGB and RGBA maps colours) or "carla" (a CARLA camera's
+    RGB(A) channels as stored, for sim.py). Every fault names the file."""
     if label_format not in LABEL_FORMATS:
         raise OptionError("--label-format", f"{label_format!r}: one of {', '.join(LABEL_FORMATS)}")
     if isinstance(location, (bytes, bytearray, memoryview)):
@@ -88,6 +90,13 @@ def read_label_png(location: str | os.PathLike | bytes, max_pixels: int | None =
             mode = im.mode
             single = mode in _ID_MODES or mode.startswith("I;16")
             colour = mode in ("RGB", "RGBA")
+            if label_format == "carla":
+                if not colour:
+                    raise InputError(location, f"expected a CARLA segmentation camera image "
+                                               f"(RGB or RGBA, the tag in red), found a {mode} "
+                                               f"image")
+                im.load()
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
             if label_format == "color":
                 if not (colour or mode == "P"):
                     raise InputError(location, f"expected a colour label map (RGB), found a "

@@ -17,7 +17,8 @@ from .engines import Engine, open_engine
 from .errors import EngineError, Error, OptionError, record_of
 from .files import remove_stale_temps
 from .locations import existing, is_uri, join, resolve
-from .plan import IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan, sample_labels
+from .plan import (AUTO_INSTANCES, IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan,
+                   sample_labels)
 from .runtime import Runtime, default_workers
 
 COMPARE_FOLDER = "compare"      # run --save-comparison: OUT/compare/<name>.png
@@ -93,6 +94,11 @@ def run_palette(engine: Engine, opts: RunOptions):
             raise OptionError("--palette" if opts.palette else "--label-format",
                               "a label_nc 0 model takes RGB images as they are, not label maps")
         return None
+    if opts.label_format == "carla" or opts.label_map is not None:
+        if opts.palette is not None:
+            raise OptionError("--palette", "--label-format carla and --label-map give the ids "
+                                           "themselves; drop --palette")
+        return None
     if opts.label_format == "ids":
         if opts.palette is not None:
             raise OptionError("--palette", "a palette reads colour label maps: drop "
@@ -100,6 +106,16 @@ def run_palette(engine: Engine, opts: RunOptions):
         return None
     from .palette import model_palette
     return model_palette(engine, opts.palette)
+
+
+def run_label_map(engine: Engine, opts: RunOptions):
+    """--label-map FILE, read and checked against the model's ids (None without one)."""
+    if opts.label_map is None:
+        return None
+    if engine.config.label_nc == 0:
+        raise OptionError("--label-map", "a label_nc 0 model takes RGB images, not label maps")
+    from .label_map import read_label_map
+    return read_label_map(opts.label_map).for_model(engine.config.label_nc)
 
 
 def comparison_writer(engine: Engine, jobs: list, opts: RunOptions, palette):
@@ -169,7 +185,8 @@ def describe_engine(engine: Engine) -> str:
 
 
 def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
-               on_failure: Callable[[dict], None] | None = None, palette=None) -> RunSummary:
+               on_failure: Callable[[dict], None] | None = None, palette=None,
+               label_map=None) -> RunSummary:
     """Run the plan's jobs through a Runtime over `engine`; the summary of what happened."""
     workers = opts.workers or default_workers()
     summary = RunSummary(frames=todo.frames, skipped=todo.skipped,
@@ -184,6 +201,8 @@ def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
                  decode_workers=workers, encode_workers=workers, style=style,
                  jpeg_quality=opts.quality, max_pixels=opts.max_pixels,
                  label_format=opts.label_format, palette=palette,
+                 label_map=label_map,
+                 derive_instances=opts.instances == AUTO_INSTANCES,
                  on_written=on_written) as rt, \
             tqdm(total=len(todo.jobs), unit="frame", desc="synthesize",
                  disable=not opts.progress) as bar:
@@ -210,14 +229,15 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
                                                "drop --format mp4")
     engine = open_run_engine(opts)
     palette = run_palette(engine, opts)
+    label_map = run_label_map(engine, opts)
     style = make_style(engine, opts.style, opts.seed, opts.style_image, opts.style_instances)
     todo = plan(opts, images=engine.config.label_nc == 0)
     if not is_uri(opts.out):
         remove_stale_temps(resolve(opts.out))     # left by a killed earlier run
     if opts.format == "mp4":
-        summary = synthesize_videos(engine, style, todo, opts, on_failure, palette)
+        summary = synthesize_videos(engine, style, todo, opts, on_failure, palette, label_map)
     else:
-        summary = synthesize(engine, style, todo, opts, on_failure, palette)
+        summary = synthesize(engine, style, todo, opts, on_failure, palette, label_map)
     summary.settings.update(engine=str(opts.engine or "demo"), device=str(engine.device),
                             precision=engine.info.precision, mode=engine.info.extra.get("mode"),
                             compile=opts.compile, seed=opts.seed, style=opts.style,
@@ -227,7 +247,7 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
 
 def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
                       on_failure: Callable[[dict], None] | None = None,
-                      palette=None) -> RunSummary:
+                      palette=None, label_map=None) -> RunSummary:
     """`--format mp4`: the plan's frames, grouped by output sub-folder (video.video_of), each
     group encoded in name order as one video from the Runtime's in-memory results, in this
     process. A video that exists is skipped (unless overwrite); a frame that fails fails its
@@ -268,7 +288,8 @@ def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
     with Runtime(engine, max_batch_size=opts.batch_size, max_queue_delay_us=opts.max_delay_us,
                  decode_workers=workers, encode_workers=1, style=style,
                  max_pixels=opts.max_pixels, label_format=opts.label_format,
-                 palette=palette) as rt, \
+                 palette=palette, label_map=label_map,
+                 derive_instances=opts.instances == AUTO_INSTANCES) as rt, \
             tqdm(total=len(jobs), unit="frame", desc="synthesize",
                  disable=not opts.progress) as bar:
         # One ordered stream over every video, so the pipeline stays full across video ends.

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from .errors import InputError, OptionError
 from .files import write_atomic
+from .image_io import LABEL_FORMATS
 from .locations import existing, is_uri, join, kind, list_files, resolve
 
 LABEL_SUFFIX = "_labelIds.png"
 COLOR_SUFFIX = "_color.png"               # Cityscapes colour maps (--label-format color)
 INSTANCE_SUFFIX = "_instanceIds.png"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # label_nc 0 models: the inputs are RGB images
-LABEL_FORMATS = ("auto", "ids", "color")
+AUTO_INSTANCES = "auto"                  # --instances auto: sim.instances_from_labels per frame
 OUTPUT_FORMATS = ("png", "jpg", "mp4")   # mp4: one H.264 video per folder (video.py)
 DEFAULT_MAX_PIXELS = 2048 * 2048 * 2     # twice Cityscapes' 2048x1024: an 8 K frame still fits
 
@@ -34,7 +35,7 @@ class RunOptions:
     """Every option of `run`, in one place: the CLI builds it, both executors take it."""
     labels: str | None = None            # folder, one PNG, or a URI; None: the bundled samples
     out: str = "out"
-    instances: str | None = None
+    instances: str | None = None         # a folder, or "auto": derived from each label map
     engine: str | None = None            # None: the bundled demo model
     device: str = "auto"
     precision: str = "fp32"
@@ -64,6 +65,7 @@ class RunOptions:
     # ids (single-channel PNGs), color (RGB PNGs through a palette) or auto (by the PNG's mode)
     label_format: str = "auto"
     palette: str | None = None           # palette file for colour maps (label_names.py formats)
+    label_map: str | None = None         # source ids/colours -> model ids (label_map.py formats)
     save_comparison: bool = False        # also OUT/compare/<name>.png: label | output [| photo]
     photos: str | None = None            # photos for the comparison, paired by relative name
 
@@ -212,7 +214,11 @@ def plan(opts: RunOptions, images: bool = False) -> Plan:
     if labels is None:
         labels = str(sample_labels())
         instances = instances or str(sample_labels().parent / "instances")
-    frames = discover(labels, instances, label_format=opts.label_format, images=images)
+    if instances == AUTO_INSTANCES:      # derived from each label map: nothing to pair
+        frames = [(name, label, None) for name, label, _ in
+                  discover(labels, None, label_format=opts.label_format, images=images)]
+    else:
+        frames = discover(labels, instances, label_format=opts.label_format, images=images)
     out = resolve(opts.out)
     if not is_uri(out) and Path(out).exists() and not Path(out).is_dir():
         raise OptionError("--out", f"{out} is a file; --out is a folder")

@@ -38,7 +38,7 @@ import torch
 from .engines.base import resolve_device
 from .errors import (EngineError, EngineFault, InputError, OptionError, OutputError, QueueFull,
                      RuntimeClosed)
-from .ids import as_ids, check_maps, decode_maps
+from .ids import as_ids, check_maps, decode_maps, remap_arrays
 from .image_io import LABEL_FORMATS, write_image
 from .labels import label_from_instance
 from .locations import is_uri
@@ -121,7 +121,8 @@ class Runtime:
                  decode_workers: int | None = None, encode_workers: int | None = None,
                  style=None, jpeg_quality: int = 95, max_inflight_batches: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, label_format: str = "ids",
-                 palette=None, on_written=None):
+                 palette=None, on_written=None, label_map=None,
+                 derive_instances: bool = False):
         for option, value, lo, hi in (("max_batch_size", max_batch_size, 1, MAX_BATCH),
                                       ("max_queue_delay_us", max_queue_delay_us, 0, MAX_DELAY_US),
                                       ("max_queue_size", max_queue_size, 1, 1 << 20),
@@ -147,6 +148,11 @@ class Runtime:
         # File label maps: ids, color (through `palette`) or auto (image_io.read_label_png).
         self.label_format = label_format
         self.palette = palette
+        # label_map (label_map.LabelMap): source ids/colours -> the model's ids, for files and
+        # arrays alike; derive_instances: a frame without an instance map gets one derived from
+        # its label map (sim.instances_from_labels, `--instances auto`).
+        self.label_map = label_map
+        self.derive_instances = derive_instances
         # Called as on_written(out, label, rgb) in an encode worker once a file output is written
         # (label: the decoded host map, ids [H,W] or uint8 RGB [3,H,W]); an exception fails that
         # frame. `run --save-comparison` writes its picture here.
@@ -385,15 +391,19 @@ class Runtime:
             label, inst = decode_maps(str(job.label_src), None if job.inst_src is None else
                                       str(job.inst_src), cfg, size=size,
                                       max_pixels=self.max_pixels, label_format=self.label_format,
-                                      palette=self.palette)
+                                      palette=self.palette, label_map=self.label_map,
+                                      derive_instances=self.derive_instances)
         else:
-            label = self._as_image(job.label_src, job.name) if cfg.label_nc == 0 else \
-                self._as_map(job.label_src, "label map", job.name)
+            label_src, inst_src = remap_arrays(job.label_src, job.inst_src, cfg, job.name,
+                                               label_map=self.label_map,
+                                               derive_instances=self.derive_instances)
+            label = self._as_image(label_src, job.name) if cfg.label_nc == 0 else \
+                self._as_map(label_src, "label map", job.name)
             inst = None
             if cfg.needs_instance_map:
-                if job.inst_src is None:
+                if inst_src is None:
                     raise InputError(job.name, "no instance map given (the model needs one)")
-                inst = self._as_map(job.inst_src, "instance map", job.name)
+                inst = self._as_map(inst_src, "instance map", job.name)
             check_maps(label, inst, cfg, job.name, size=size, max_pixels=self.max_pixels)
         H, W = label.shape[-2:]
         if self._cuda:

@@ -21,7 +21,9 @@ from .base import engine_options
 @click.command("run")
 @click.argument("labels", required=False, type=click.Path())
 @click.option("--instances", type=click.Path(file_okay=False),
-              help="Folder of instance maps with the same file names as the label maps.")
+              help="Folder of instance maps with the same file names as the label maps, or "
+                   "'auto': derive each frame's instance map from its label map (connected "
+                   "regions of each thing class, numbered class*1000+k).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @engine_options
 @click.option("--fp16", is_flag=True, help="Shorthand for --precision fp16.")
@@ -62,7 +64,12 @@ from .base import engine_options
               show_default=True,
               help="Label maps: ids (single-channel PNGs of class ids), color (RGB PNGs, e.g. "
                    "Cityscapes *_color.png or a simulator's semantic camera, mapped to ids by "
-                   "the palette) or auto (by the PNG: one channel ids, RGB/RGBA colours).")
+                   "the palette), auto (by the PNG: one channel ids, RGB/RGBA colours) or carla "
+                   "(CARLA 0.9.14+ segmentation cameras: tag in red; instance camera PNGs as "
+                   "--instances).")
+@click.option("--label-map", type=click.Path(dir_okay=False),
+              help="Source ids (or colours) -> the model's ids: JSON {\"14\": 26} or "
+                   "`SOURCE ID` lines; with --label-format carla it replaces the built-in table.")
 @click.option("--palette", type=click.Path(dir_okay=False),
               help="Colours -> ids for colour maps: JSON or `ID NAME R G B` lines (the "
                    "--label-names formats) [default: the model's label colours, else "
@@ -108,6 +115,11 @@ def run_cmd(fp16, no_progress, **options):
         for name, given in (("--label-format", opts.label_format == "color"),
                             ("--palette", opts.palette is not None),
                             ("--save-comparison", opts.save_comparison)):
+            if given:
+                raise OptionError(name, "runs on the local executor only (for now); drop --ray")
+        for name, given in (("--label-format", opts.label_format == "carla"),
+                            ("--label-map", opts.label_map is not None),
+                            ("--instances", opts.instances == "auto")):
             if given:
                 raise OptionError(name, "runs on the local executor only (for now); drop --ray")
 
