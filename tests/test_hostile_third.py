@@ -24,7 +24,7 @@ from p2phd_infer.cli import main
 from p2phd_infer.checkpoint import save_checkpoint
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import EngineInfo, TorchEngine
-from p2phd_infer.engines.base import info_from_json
+from p2phd_infer.engines.base import METADATA_KEY, info_from_json
 from p2phd_infer.errors import EngineError, EngineFault, InputError, OptionError, OutputError
 from p2phd_infer.image_io import read_id_png
 from p2phd_infer.label_names import read_label_names
@@ -445,3 +445,68 @@ def test_the_api_and_server_refuse_non_integer_choices(tmp_path):
         for seed in (1.5, "1.5", True):
             r = client.post("/v2/models/p2phd/infer", json={**req, "parameters": {"seed": seed}})
             assert r.status_code == 400 and "is not an integer" in r.json()["error"], r.text
+
+
+# ------------------------------------------------- 5. engine metadata checked against the graph
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from p2phd_infer.export.onnx_export import export_onnx
+    cfg = ModelConfig(**{**TINY.to_dict(), "n_blocks_global": 0})
+    return export_onnx(random_checkpoint(cfg), tmp_path_factory.mktemp("onnx") / "g.onnx", 16,
+                       16, max_batch=1)
+
+
+def _edited(src, dst, **config):
+    import onnx
+    model = onnx.load(str(src))
+    prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    doc = json.loads(prop.value)
+    doc["config"].update(config)
+    prop.value = json.dumps(doc)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _engines():
+    from p2phd_infer.engines.onnx import OnnxEngine
+    engines = [OnnxEngine]
+    try:
+        from p2phd_infer.engines.openvino import OpenvinoEngine, import_openvino
+        import_openvino()
+        engines.append(OpenvinoEngine)
+    except Exception:  # noqa: BLE001 - no OpenVINO on this machine: ONNX Runtime only
+        pass
+    return engines
+
+
+@pytest.mark.parametrize("edit,fault", [
+    ({"label_nc": 200}, "label_nc 200, instance edge 0, feat_num 0: 200 input channels"),
+    ({"use_instance": True}, "instance edge 1, feat_num 0: 9 input channels"),
+    ({"ngf": 4}, "ngf 4) needs a convolution weight"),
+    ({"n_blocks_global": 1}, "needs a convolution weight [8, 8, 3, 3]"),
+])
+def test_edited_metadata_is_refused_on_every_graph_engine(tmp_path, onnx_file, edit, fault):
+    bad = _edited(onnx_file, tmp_path / "bad.onnx", **edit)
+    for engine in _engines():
+        with pytest.raises(EngineError) as e:
+            engine(bad, "cpu")
+        msg = str(e.value)
+        assert msg.startswith(f"{bad}: the engine metadata does not describe this graph") and \
+            fault in msg and "\n" not in msg, msg
+    for engine in _engines():                                      # the unedited file opens
+        assert engine(onnx_file, "cpu").config.label_nc == 8
+
+
+def test_an_edited_label_nc_cannot_let_id_100_through(tmp_path, onnx_file):
+    bad = _edited(onnx_file, tmp_path / "bad.onnx", label_nc=200)
+    (tmp_path / "l").mkdir()
+    label = np.full((16, 16), 100, np.uint8)                        # valid for label_nc 200
+    Image.fromarray(label).save(tmp_path / "l" / "f.png")
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "l"), "--engine", str(bad), "--out",
+                                  str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip().startswith(f"error: {bad}: the engine metadata does not describe")
+    assert not (tmp_path / "o").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,46 @@ def info_from_json(text: str | bytes, source: str | os.PathLike) -> EngineInfo:
     if info.precision not in PRECISIONS:
         raise EngineError(source, f"bad engine metadata: precision {info.precision!r}")
     return info
+
+
+def network_conv_shapes(info: EngineInfo) -> Counter:
+    """The convolution weight shapes (out, in, kh, kw; a transposed conv's (in, out, kh, kw), as
+    torch, ONNX and OpenVINO all store them) of the network `info` describes: its generator, and
+    for a style graph its encoder too. Built on the meta device: no memory, no weights."""
+    from ..networks import build_encoder, build_generator
+    with torch.device("meta"):
+        nets = [build_generator(info.config)]
+        if info.graph == "style":
+            nets.append(build_encoder(info.config))
+    return Counter(tuple(m.weight.shape) for net in nets for m in net.modules()
+                   if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+
+
+def check_graph(source: str | os.PathLike, info: EngineInfo,
+                conv_shapes: list[tuple[int, ...]]) -> None:
+    """EngineError naming `source` unless the metadata describes this graph: the graph's
+    convolution weight shapes (`conv_shapes`, read from the file by the engine opening it) must
+    be exactly those of the network the metadata's architecture builds. The runtime trusts the
+    metadata's label_nc to check ids, so one edited to 200 over a graph built for 35 would let
+    id 100 through to a one-hot that has no channel for it."""
+    want = network_conv_shapes(info)
+    have = Counter(tuple(int(d) for d in s) for s in conv_shapes)
+    if want == have:
+        return
+    cfg = info.config
+    arch = (f"label_nc {cfg.label_nc}, instance edge {int(cfg.use_instance)}, feat_num "
+            f"{cfg.feat_num}: {cfg.input_nc} input channels, netG {cfg.netG}, ngf {cfg.ngf}")
+    missing = sorted(want - have)
+    extra = sorted(have - want)
+    if missing:
+        fault = f"needs a convolution weight {list(missing[0])} the graph does not have"
+    else:
+        fault = f"has no convolution weight {list(extra[0])} the graph has"
+    firsts = sorted({s[1] for s in have if len(s) == 4 and s[2] == s[3] == 7})
+    raise EngineError(source, f"the engine metadata does not describe this graph: the network "
+                              f"it describes ({arch}) {fault} (the graph's 7x7 convolutions take "
+                              f"{'/'.join(map(str, firsts)) or 'no'} input channels); the "
+                              f"metadata was edited or belongs to another file")
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

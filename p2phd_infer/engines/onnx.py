@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError, MissingDependency
-from .base import METADATA_KEY, Engine, info_from_json, resolve_device
+from .base import METADATA_KEY, Engine, check_graph, info_from_json, resolve_device
 
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 INT_INPUTS = ("label", "inst", "style_inst")
@@ -44,6 +44,28 @@ def _choose_device(device, available: list[str]) -> torch.device:
     return dev
 
 
+def onnx_conv_shapes(path: str | os.PathLike) -> list[tuple[int, ...]]:
+    """The weight shape of every Conv and ConvTranspose in an ONNX file (initializers, through
+    Cast/Identity as fp16 graphs have them; -1 for one that is not a constant), for
+    base.check_graph. External weight files are not read: the shapes are in the graph."""
+    import onnx
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - it loaded in onnxruntime: a protobuf limit
+        raise EngineError(path, f"cannot read the graph to check its metadata "
+                                f"({e.__class__.__name__}: {e})") from None
+    shapes = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            shapes[node.output[0]] = tuple(int(d) for d in node.attribute[0].t.dims)
+        elif node.op_type in ("Cast", "Identity") and node.input[0] in shapes:
+            shapes[node.output[0]] = shapes[node.input[0]]
+        elif node.op_type in ("Conv", "ConvTranspose"):
+            out.append(shapes.get(node.input[1], (-1,)))
+    return out
+
+
 class OnnxEngine(Engine):
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
         ort = _import_onnxruntime()
@@ -64,6 +86,7 @@ class OnnxEngine(Engine):
             raise EngineError(self.path, "no p2phd-infer metadata in this ONNX file (export it "
                               "with `p2phd-infer export --format onnx`)")
         self.info = info_from_json(meta[METADATA_KEY], self.path)
+        check_graph(self.path, self.info, onnx_conv_shapes(self.path))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.providers = self.session.get_providers()
 

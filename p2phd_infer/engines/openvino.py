@@ -56,7 +56,8 @@ from torch import nn
 
 from ..errors import EngineError, MissingDependency, OptionError, OutputError
 from ..files import is_temp_name, temp_path, write_atomic
-from .base import METADATA_KEY, Engine, EngineInfo, info_from_json, info_to_json, resolve_device
+from .base import METADATA_KEY, Engine, EngineInfo, check_graph, info_from_json, info_to_json, \
+    resolve_device
 
 PRECISIONS = ("fp32", "bf16")
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -159,6 +160,10 @@ class OpenvinoEngine(Engine):
             raise EngineError(self.path, f"not a readable OpenVINO/ONNX model "
                                          f"({e.__class__.__name__}: {first})") from None
         info = info_from_json(read_metadata(model, self.path), self.path)
+        check_graph(self.path, info, [[d.get_length() if d.is_static else -1 for d in
+                                       op.input(1).get_partial_shape()] for op in model.get_ops()
+                                      if op.get_type_name() in ("Convolution",
+                                                                "ConvolutionBackpropData")])
         self.input_names = [p.get_any_name() for p in model.inputs]
         if "label" not in self.input_names or len(model.outputs) != 1:
             raise EngineError(self.path, f"not a p2phd-infer graph (inputs {self.input_names}, "
