@@ -35,6 +35,19 @@ def save_random_model(path, cfg: ModelConfig, seed: int = 0, **kw):
     return path
 
 
+def char_device(path):
+    """A character device with /dev/null's numbers (1, 3), made inside a temporary folder (never
+    touching /dev); the test is skipped, saying why, where mknod is not allowed."""
+    import stat
+
+    import pytest
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError as e:
+        pytest.skip(f"mknod needs root (CAP_MKNOD) here: {e}")
+    return path
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

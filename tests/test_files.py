@@ -11,15 +11,7 @@ import pytest
 
 from p2phd_infer.errors import OutputError
 from p2phd_infer.files import check_writable, is_temp_name, write_atomic
-
-
-def _char_device(path):
-    """A character device like /dev/null (1, 3), made inside a temporary folder."""
-    try:
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    except (PermissionError, OSError) as e:
-        pytest.skip(f"mknod needs root (CAP_MKNOD) here: {e}")
-    return path
+from helpers import char_device
 
 
 def _leftovers(folder):
@@ -49,7 +41,7 @@ def test_a_failed_writer_leaves_nothing(tmp_path):
 
 
 def test_character_device_is_refused_not_replaced(tmp_path):
-    dev = _char_device(tmp_path / "null")
+    dev = char_device(tmp_path / "null")
     for call in (lambda: write_atomic(dev, b"x"), lambda: check_writable(dev)):
         with pytest.raises(OutputError, match="is a character device, not a regular file") as e:
             call()

@@ -33,7 +33,7 @@ from p2phd_infer.networks import build_generator
 from p2phd_infer.palette import Palette
 from p2phd_infer.runtime import Runtime
 from p2phd_infer.styles import StyleControl, instance_style, parse_style
-from helpers import random_checkpoint, save_random_model
+from helpers import char_device, random_checkpoint, save_random_model
 
 TINY = ModelConfig(label_nc=8, use_instance=False, ngf=2, netG="global", n_downsample_global=2,
                    n_blocks_global=1)                   # no instance map needed; minimum 8x8
@@ -44,15 +44,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return save_random_model(tmp_path_factory.mktemp("m") / "model.pt", TINY)
-
-
-def char_device(path):
-    """A character device with /dev/null's numbers (1, 3), made inside a temporary folder."""
-    try:
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    except (PermissionError, OSError) as e:
-        pytest.skip(f"mknod needs root (CAP_MKNOD) here: {e}")
-    return path
 
 
 def maps(seed=0, h=16, w=16):
