@@ -61,6 +61,8 @@ def cli_server(args: list, log: Path, threads: int = 1, timeout_s: float = 90):
     /v2/health/ready answers 200; stopped with SIGTERM (then killed) at the end. Output goes to
     `log`, which an error quotes."""
     port = free_port()
+    if args[0] == "serve" and "--grpc-port" not in args and "--no-grpc" not in args:
+        args = [*args, "--grpc-port", "0"]     # never the shared default 8001
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log, "wb") as logf:
         proc = subprocess.Popen(

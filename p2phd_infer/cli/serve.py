@@ -1,4 +1,5 @@
-"""`p2phd-infer serve`: the HTTP inference server (p2phd_infer/serve/) on uvicorn."""
+"""`p2phd-infer serve`: the inference server (p2phd_infer/serve/): HTTP on uvicorn, gRPC on
+grpc.aio in the same event loop."""
 from __future__ import annotations
 
 import signal
@@ -19,6 +20,10 @@ from .base import engine_options
                    "TLS and auth).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0: any free port, printed at start).")
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port of the KServe v2 / Triton gRPC protocol, on --host too (0: any "
+                   "free port, printed at start).")
+@click.option("--no-grpc", is_flag=True, help="Serve HTTP only.")
 @click.option("--model-name", default="p2phd", show_default=True,
               help="The model's name in /v2/models/NAME.")
 @click.option("--max-batch-size", default=4, show_default=True, type=click.IntRange(1, 4096),
@@ -61,11 +66,12 @@ from .base import engine_options
                    "authenticates).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_cmd(engine, host, port, model_name, max_batch_size, max_delay_us, max_queue, device,
-              precision, mode, max_body_mb, max_pixels, style_cache, model_repository,
-              model_control_mode, load_model, allow_origin, allow_host, api_key, api_key_file,
-              insecure_no_auth, log_level):
-    """Serve models over HTTP: KServe v2 / Triton (/v2/...), /v1/synthesize, /metrics.
+def serve_cmd(engine, host, port, grpc_port, no_grpc, model_name, max_batch_size, max_delay_us,
+              max_queue, device, precision, mode, max_body_mb, max_pixels, style_cache,
+              model_repository, model_control_mode, load_model, allow_origin, allow_host,
+              api_key, api_key_file, insecure_no_auth, log_level):
+    """Serve models over HTTP (KServe v2 / Triton /v2/..., /v1/synthesize, /metrics) and gRPC
+    (Triton's GRPCInferenceService on --grpc-port).
 
     Concurrent requests batch together as `run`'s frames do. Requests from other web sites,
     with a foreign Host header, or (with an API key) without the key are refused. SIGTERM (or
@@ -100,9 +106,16 @@ def serve_cmd(engine, host, port, model_name, max_batch_size, max_delay_us, max_
     access = AccessPolicy.for_bind(host, allow_hosts=allow_host, allow_origins=allow_origin,
                                    keys=keys)
     sock = _listen(host, port)
+    grpc_address = None
+    if not no_grpc:
+        if grpc_port != 0:
+            if grpc_port == sock.getsockname()[1]:
+                raise OptionError("--grpc-port", f"{grpc_port} is the HTTP --port")
+            _listen(host, grpc_port, "--grpc-port").close()   # busy: one clear error, now
+        grpc_address = f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}"
     from ..engines import open_engine
     limits = dict(max_body_bytes=int(max_body_mb * (1 << 20)), max_pixels=max_pixels,
-                  access=access)
+                  access=access, grpc_address=grpc_address)
     if model_repository is None:
         eng = open_engine(engine, device, precision=precision, mode=mode)
         app = create_app(eng, model_name=model_name, max_batch_size=max_batch_size,
@@ -168,7 +181,7 @@ def run_server(app, sock: socket.socket, log_level: str) -> None:
         sys.exit(1)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, option: str = "--port") -> socket.socket:
     """A bound, listening socket (so a busy port is one clear error, and --port 0 works)."""
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -182,7 +195,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        raise OptionError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})") \
+        raise OptionError(option, f"cannot listen on {host}:{port} ({e.strerror or e})") \
             from None
     sock.set_inheritable(True)
     return sock

@@ -43,6 +43,7 @@ from .dataplane import DEFAULT_VERSION, DataPlane, ModelSettings, ServedModel, f
     one_line
 from .kserve import HEADER_LENGTH, decode_request, decompress, encode_response, loads
 from .metrics import ServerMetrics
+from .shared_memory_routes import shared_memory_routes
 
 log = logging.getLogger("p2phd_infer.serve")
 
@@ -54,14 +55,17 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
                max_body_bytes: int = 64 << 20, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                style_cache: int = 4, jpeg_quality: int = 95, decode_workers: int | None = None,
                editor: bool = False, samples: list | None = None,
-               dataplane: DataPlane | None = None, access: AccessPolicy | None = None
+               dataplane: DataPlane | None = None, access: AccessPolicy | None = None,
+               grpc_address: str | None = None
                ) -> Starlette:
     """The app over one `engine` served as `model_name` version 1, or over a `dataplane` (a model
     repository, several models). The models' Runtimes start with the app (lifespan startup) and
     are closed, after every admitted frame is answered, at shutdown. editor: also serve the
     editor page at / (editor.py) for the first model, with `samples` (editor.Sample) to load.
     access: the Host / Origin / API key checks (access.py) every request passes first; the
-    commands always give one (None: an app embedded in a test or another ASGI server)."""
+    commands always give one (None: an app embedded in a test or another ASGI server).
+    grpc_address ("host:port"): also serve the gRPC protocol there (grpc_server.py), over the
+    same dataplane and with the same API keys, for the app's life."""
     if dataplane is None:
         if engine is None:
             raise OptionError("engine", "create_app needs an engine or a dataplane")
@@ -221,12 +225,12 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
         body = await read_body(request)
         body = decompress(body, request.headers.get("content-encoding"), max_body_bytes)
         req = await asyncio.to_thread(decode_request, body, request.headers.get(HEADER_LENGTH),
-                                      limit)
+                                      limit, dp.shared_memory)
         result = await dp.infer(name, version, req, disconnected=disconnected(request))
         metrics.frames_done(result.outputs[0][1].shape[0] if result.outputs else 0)
         body, headers = await asyncio.to_thread(
             encode_response, result.model_name, result.model_version, result.id,
-            result.outputs)
+            result.outputs, result.shared)
         return Response(body, headers=headers)
 
     default_model = dp.names()[0] if dp.names() else None
@@ -291,7 +295,13 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
     async def lifespan(app):
         await asyncio.to_thread(dp.start)
         try:
-            yield
+            if grpc_address is None:
+                yield
+            else:
+                from .grpc_server import serving
+                async with serving(dp, grpc_address, max_message_bytes=max_body_bytes,
+                                   frames_done=metrics.frames_done, access=access):
+                    yield
         finally:
             # uvicorn has stopped accepting and answered every request it had; close() still
             # finishes any frame left (none should be) and joins the Runtimes' threads.
@@ -320,6 +330,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
         Route("/v1/synthesize", synthesize, methods=["POST"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
+    routes += shared_memory_routes(dp.shared_memory, endpoint, read_body)
     if editor:
         from .editor import editor_routes
         first = dp.model(default_model)

@@ -48,6 +48,7 @@ from ..ids import as_ids
 from ..plan import DEFAULT_MAX_PIXELS
 from .kserve import FLOAT_TYPES, INTEGER_TYPES, InferRequest
 from .pool import RuntimePool
+from .shared_memory import SharedMemory
 from .stats import ModelStats
 
 log = logging.getLogger("p2phd_infer.serve")
@@ -56,6 +57,7 @@ SERVER_NAME = "p2phd-infer"
 DEFAULT_VERSION = "1"
 # Triton's extension names for what this server speaks beyond the core protocol.
 EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration",
+              "system_shared_memory", "cuda_shared_memory",
               "model_repository", "model_repository(unload_dependents)"]
 # Engine kind -> Triton's (platform, backend) names for the model configuration.
 TRITON_NAMES = {"torch": ("", "pytorch"), "aoti": ("", "pytorch"),
@@ -240,6 +242,8 @@ class InferResult:
     model_version: str
     id: str | None
     outputs: list[tuple[str, np.ndarray, bool]] = field(default_factory=list)  # name, array, binary
+    # output name -> the parameters of the shared-memory region it was written to
+    shared: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- the dataplane
@@ -262,6 +266,7 @@ class DataPlane:
         self._started = False
         self._closed = False
         self.failures: dict[str, int] = {}          # kind -> count, every fault of every call
+        self.shared_memory = SharedMemory()         # the regions every front door shares
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -279,6 +284,7 @@ class DataPlane:
             models = [m for v in self._models.values() for m in v.values()]
         for m in models:
             m.close()
+        self.shared_memory.close()
 
     def live(self) -> bool:
         return True
@@ -364,12 +370,23 @@ class DataPlane:
                 futures = pool.submit([(label[i, 0], None if inst is None else inst[i, 0])
                                        for i in range(frames)], style, seed, names)
                 rgb = np.stack(await self._wait(pool, futures, timings, disconnected))
+            shared = {out: self._place(request.output_parameters[out], out, rgb)
+                      for out, _ in outputs if out in request.output_parameters}
         except BaseException as e:
             self._count(m, t0, frames, timings, e)
             raise
         self._count(m, t0, frames, timings, None)
         return InferResult(m.name, m.version, request.id,
-                           [(out, rgb, binary) for out, binary in outputs])
+                           [(out, rgb, binary) for out, binary in outputs], shared)
+
+    def _place(self, params: dict, name: str, rgb: np.ndarray) -> dict:
+        """Write an output into its shared-memory region -> the response's parameters."""
+        n = self.shared_memory.write(params, name, rgb)
+        out = {"shared_memory_region": params["shared_memory_region"],
+               "shared_memory_byte_size": n}
+        if params.get("shared_memory_offset"):
+            out["shared_memory_offset"] = params["shared_memory_offset"]
+        return out
 
     async def synthesize(self, name: str, version: str | None, frames: list[tuple],
                          style: str | None = None, seed=0, names: list[str] | None = None, *,
@@ -412,6 +429,9 @@ class DataPlane:
         for name, _ in outputs:
             if name != "image":
                 raise InputError(name, f"not an output of model {m.name!r} (outputs: image)")
+            if name in req.output_parameters:         # its region holds it: checked up front
+                B, _, H, W = label.shape
+                self.shared_memory.check_output(req.output_parameters[name], name, B * H * W * 3)
         style, seed = req.parameters.get("style"), req.parameters.get("seed", 0)
         if style is not None and not isinstance(style, str):
             raise OptionError("style", f"{style!r} is not a string")

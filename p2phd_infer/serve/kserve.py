@@ -55,6 +55,8 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
     outputs: list[tuple[str, bool]] = field(default_factory=list)   # (name, binary)
     binary_default: bool = False      # outputs not listed: raw (binary_data_output) or JSON
+    # output name -> its shared_memory_* parameters, for outputs written into a region
+    output_parameters: dict = field(default_factory=dict)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -144,9 +146,12 @@ def tensor_from_values(name: str, datatype: str, shape, values, max_elements: in
     return Tensor(name, datatype, _from_json(list(values), dtype, shape, name))
 
 
-def decode_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
+def decode_request(body: bytes, header_length: str | None, max_elements: int,
+                   shared_memory=None) -> InferRequest:
     """Bytes of an infer request (and its Inference-Header-Content-Length, if any) -> the
-    request with each input as a numpy array of its shape. InputError for anything malformed."""
+    request with each input as a numpy array of its shape. InputError for anything malformed.
+    shared_memory (shared_memory.SharedMemory): where inputs with `shared_memory_region`
+    parameters are read from (none: such inputs are refused)."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -177,7 +182,13 @@ def decode_request(body: bytes, header_length: str | None, max_elements: int) ->
         dtype, count = check_tensor(name, datatype, shape, max_elements)
         iparams = _obj(raw.get("parameters") or {}, f"{name} parameters")
         size = iparams.get("binary_data_size")
-        if size is not None:
+        if "shared_memory_region" in iparams:
+            if shared_memory is None:
+                raise InputError(name, "shared memory is not available on this endpoint")
+            array = tensor_from_raw(name, datatype, shape,
+                                    shared_memory.read(iparams, name, count * dtype.itemsize),
+                                    max_elements).array
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InputError(name, f"binary_data_size {size!r} is not a byte count")
             if size != count * dtype.itemsize:
@@ -199,7 +210,7 @@ def decode_request(body: bytes, header_length: str | None, max_elements: int) ->
         raise InputError("request", f"{len(blob) - offset} bytes of binary data after the "
                                     f"header belong to no input")
     binary_default = params.get("binary_data_output") is True
-    outputs = []
+    outputs, output_parameters = [], {}
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):
@@ -212,11 +223,13 @@ def decode_request(body: bytes, header_length: str | None, max_elements: int) ->
             oparams = _obj(raw.get("parameters") or {}, f"{name} parameters")
             if "classification" in oparams:
                 raise InputError(name, "the classification extension is not supported")
+            if "shared_memory_region" in oparams:
+                output_parameters[name] = oparams
             binary = oparams.get("binary_data")
             outputs.append((name, binary_default if binary is None else binary is True))
     rid = doc.get("id")
     return InferRequest(None if rid is None else str(rid), inputs, params, outputs,
-                        binary_default)
+                        binary_default, output_parameters)
 
 
 def _from_json(data, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -246,9 +259,11 @@ def _from_json(data, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.n
 
 
 def encode_response(model_name: str, model_version: str, request_id: str | None,
-                    outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, dict]:
+                    outputs: list[tuple[str, np.ndarray, bool]],
+                    shared: dict | None = None) -> tuple[bytes, dict]:
     """(name, array, binary) per output -> (body, headers). Raw outputs follow the JSON part,
-    which the Inference-Header-Content-Length header measures."""
+    which the Inference-Header-Content-Length header measures. shared: output name -> the
+    parameters of the region it was written to (its entry then carries those, and no data)."""
     doc: dict = {"model_name": model_name, "model_version": model_version, "outputs": []}
     if request_id is not None:
         doc["id"] = request_id
@@ -257,7 +272,9 @@ def encode_response(model_name: str, model_version: str, request_id: str | None,
         array = np.ascontiguousarray(array)
         little = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
         entry = {"name": name, "datatype": DATATYPE_OF[little], "shape": list(array.shape)}
-        if binary:
+        if shared and name in shared:
+            entry["parameters"] = dict(shared[name])
+        elif binary:
             raw = array.astype(little, copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
