@@ -19,6 +19,7 @@ from .errors import CheckpointError
 from .files import write_atomic
 from .networks import build_encoder, build_generator
 from .label_names import check_colors
+from .locations import check_regular
 
 FORMAT = "p2phd-infer"
 VERSION = 1
@@ -101,10 +102,7 @@ def torch_load(path: str | os.PathLike, what: str = "file"):
     torch's own message for these suggests turning the weights-only loader off: that advice is
     never passed on (such a file can run code when loaded)."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, f"no such {what}")
-    if not path.is_file():
-        raise CheckpointError(path, f"is a folder, not a {what}")
+    check_regular(path, what, CheckpointError)       # a FIFO or device: said so, never opened
     try:
         with open(path, "rb") as f:
             head = f.read(4)

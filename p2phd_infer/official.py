@@ -14,6 +14,7 @@ from .errors import CheckpointError
 from .files import write_atomic
 from .config import ModelConfig
 from .labels import CITYSCAPES_NAMES
+from .locations import check_regular
 from .networks import build_encoder, build_generator
 
 _STALE = ("running_mean", "running_var", "num_batches_tracked")
@@ -140,8 +141,7 @@ def _read_npy_object(path: Path):
 def read_official_features(path: str | Path) -> dict[int, torch.Tensor]:
     """features_clustered_010.npy: np.save of a pickled {label: float64 [k, feat_num]}."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such features file")
+    check_regular(path, "features file", CheckpointError)
     try:
         obj = _read_npy_object(path)
     except CheckpointError:

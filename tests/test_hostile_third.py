@@ -21,15 +21,17 @@ from PIL import Image
 
 from p2phd_infer.api import Pix2PixHD
 from p2phd_infer.cli import main
-from p2phd_infer.checkpoint import save_checkpoint
+from p2phd_infer.checkpoint import load_checkpoint, save_checkpoint
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import EngineInfo, TorchEngine
 from p2phd_infer.engines.base import METADATA_KEY, info_from_json
-from p2phd_infer.errors import EngineError, EngineFault, InputError, OptionError, OutputError
+from p2phd_infer.errors import (CheckpointError, EngineError, EngineFault, InputError,
+                                OptionError, OutputError)
 from p2phd_infer.image_io import read_id_png
 from p2phd_infer.label_names import read_label_names
 from p2phd_infer.labels import CITYSCAPES_NAMES
 from p2phd_infer.networks import build_generator
+from p2phd_infer.official import read_official_features
 from p2phd_infer.palette import Palette
 from p2phd_infer.runtime import Runtime
 from p2phd_infer.styles import StyleControl, instance_style, parse_style
@@ -330,6 +332,22 @@ def test_a_palette_or_label_names_that_is_not_a_regular_file(tmp_path, model):
     dev = char_device(tmp_path / "null")             # was: "is a folder"
     code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "o", "--palette", dev)
     assert code == 2 and errors == [f"error: {dev}: is a character device, not a regular file"]
+
+
+def test_model_files_that_are_not_regular_files(tmp_path):
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)                                  # torch.load would wait on it for ever
+    with pytest.raises(CheckpointError, match=r"model\.pt: is a FIFO \(named pipe\), not a "
+                                              r"regular file$"):
+        load_checkpoint(fifo)
+    with pytest.raises(CheckpointError, match="features.npy: is a character device, not a "
+                                              "regular file$"):
+        read_official_features(char_device(tmp_path / "features.npy"))
+    pytest.importorskip("onnxruntime")
+    from p2phd_infer.engines.onnx import OnnxEngine
+    os.mkfifo(tmp_path / "g.onnx")
+    with pytest.raises(EngineError, match=r"g\.onnx: is a FIFO \(named pipe\), not a regular"):
+        OnnxEngine(tmp_path / "g.onnx", "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError, MissingDependency
+from ..locations import check_regular
 from .base import METADATA_KEY, Engine, check_graph, info_from_json, resolve_device
 
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -70,6 +71,7 @@ class OnnxEngine(Engine):
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
         ort = _import_onnxruntime()
         self.path = Path(path)
+        check_regular(self.path, "engine file", EngineError)   # a FIFO would block the reader
         available = ort.get_available_providers()
         self.device = _choose_device(device, available)
         options = ort.SessionOptions()
