@@ -141,8 +141,8 @@ def main(size, quick, reps, e2e_frames, e2e_reps, out):
 
 def bench(size, quick, reps, e2e_frames, e2e_reps, out):
     from p2phd_infer.engines import TorchEngine
-    from p2phd_infer.engines.openvino import (OpenvinoEngine, cached_ir, cpu_capabilities,
-                                              openvino_version)
+    from p2phd_infer.engines.openvino import OpenvinoEngine, open_openvino
+    from p2phd_infer.engines.openvino_cpu import cpu_capabilities, openvino_version
     from p2phd_infer.engines.onnx import OnnxEngine
     from p2phd_infer.export.onnx_export import export_onnx
     from p2phd_infer.local_run import describe_engine, open_run_engine, synthesize
@@ -161,7 +161,7 @@ def bench(size, quick, reps, e2e_frames, e2e_reps, out):
     log(f"{'quick config' if quick else 'official 1024p generator shape'} at {W}x{H}; "
         f"exporting ONNX and the OpenVINO IR (once)")
     onnx_path = export_onnx(ckpt, work / "model.onnx", H, W, max_batch=1)
-    xml = cached_ir(pt, H, W, "fp32", checkpoint=ckpt, log=log)
+    xml = open_openvino(pt, checkpoint=ckpt, log=log).engine_for(H, W).path
 
     official = Official(ckpt)
     engines = {"PyTorch (model.pt, --mode plain)": TorchEngine(pt, "cpu", mode="plain"),

@@ -1,9 +1,9 @@
 """`p2phd-infer export --format openvino`: a model.pt -> OpenVINO IR (.xml + .bin, fp32 weights).
 
-The conversion itself is engines/openvino.py's (convert_module: OpenVINO's PyTorch frontend on
-the module the other exporters export), the same one `run` uses for its per-user cache, so an IR
-written here and a cached one are the same graph. The generator graph comes from
-engines/openvino.py; the style graph (a features model with its encoder, style from a photo) from
+The conversion itself is engines/openvino_convert.py's (convert_module: OpenVINO's PyTorch
+frontend on the module the other exporters export), the same one `run` uses for its per-user
+cache, so an IR written here and a cached one are the same graph. The generator graph comes from
+engines/openvino_convert.py; the style graph (a features model with its encoder, style from a photo) from
 graphs.py's StyleGraph, as the ONNX export builds it.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from p2phd_infer.checkpoint import Checkpoint
-from p2phd_infer.engines.openvino import convert_checkpoint, convert_module, save_ir
+from p2phd_infer.engines.openvino_convert import convert_checkpoint, convert_module, save_ir
 
 from .graphs import build_graph, check_size, engine_info
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from p2phd_infer.devices import parse_device, resolve_device
 from p2phd_infer.engines.base import METADATA_KEY, info_from_json, info_to_json, sidecar_path
 from p2phd_infer.engines.tensorrt import import_tensorrt, tensorrt_major, trt_logger
 from p2phd_infer.errors import EngineError, MissingDependency, OptionError
@@ -157,9 +158,10 @@ def build_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, max_bat
                                      f"TensorRT builds strongly typed, in the graph's types; "
                                      f"export it with export_onnx(..., precision={asked!r})")
     sizes = profile_sizes(info, min_size, opt_size, max_size)
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
+    dev = parse_device(device)
+    if dev is None or dev.type != "cuda" or not torch.cuda.is_available():
         raise MissingDependency("--device", "building a TensorRT engine needs a CUDA GPU")
+    device = resolve_device(dev)
     max_batch = int(max_batch or info.max_batch or 1)
     with torch.cuda.device(device):
         torch.empty(1, device=device)            # build inside torch's (primary) CUDA context

@@ -83,6 +83,12 @@ class Pix2PixHD:
         self.derive_instances = instances == "auto"
 
     @property
+    def engine_info(self):
+        """The engine's EngineInfo: backend and precision, and extra["engine"], the one line
+        saying which engine runs and why (the same choice `run`, `serve` and `edit` make)."""
+        return self.engine.info
+
+    @property
     def device(self) -> torch.device:
         return resolve_device(self.engine.device)
 

@@ -13,8 +13,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from .api import make_style
-from .engines import Engine, open_engine
-from .errors import EngineError, Error, OptionError, record_of
+from .engines import Engine, describe_engine, open_engine
+from .errors import OptionError, record_of
 from .files import remove_stale_temps
 from .locations import existing, is_uri, join, resolve
 from .plan import (AUTO_INSTANCES, IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan,
@@ -24,67 +24,12 @@ from .runtime import Runtime, default_workers
 COMPARE_FOLDER = "compare"      # run --save-comparison: OUT/compare/<name>.png
 
 
-def choose_backend(opts: RunOptions, device=None) -> tuple[str, str]:
-    """(backend, why) for `run`: "openvino" or "torch" for a model.pt, "file" for an exported
-    engine (its suffix decides). On a CPU, a model.pt runs on OpenVINO by default: about twice
-    as fast as PyTorch eager in fp32 (benchmarks/RESULTS.md, "Fastest on a CPU") and within
-    1e-4 of it (tests/test_engine_openvino.py). PyTorch instead with --mode plain/fast,
-    --compile, --precision fp16, bf16 on a CPU without native BF16, or without openvino."""
-    device = opts.device if device is None else device
-    is_pt = opts.engine is None or Path(opts.engine).suffix.lower() == ".pt"
-    if not is_pt:
-        return "file", ("an exported engine file" if opts.backend == "auto"
-                        else f"--backend {opts.backend}")
-    if opts.backend != "auto":
-        return opts.backend, f"--backend {opts.backend}"
-    from .engines import resolve_device
-    if resolve_device(device).type != "cpu":
-        return "torch", "the device is not the CPU"
-    for given, why in ((opts.mode != "auto", f"--mode {opts.mode}"),
-                       (bool(opts.compile), "--compile"),
-                       (opts.precision == "fp16", "--precision fp16")):
-        if given:
-            return "torch", why
-    from .engines.openvino import check_precision, import_openvino
-    try:
-        import_openvino()
-        check_precision(opts.precision)
-    except Error as e:
-        return "torch", f"OpenVINO: {e.fault}"
-    return "openvino", "the CPU default"
-
-
 def open_run_engine(opts: RunOptions, device=None) -> Engine:
-    device = opts.device if device is None else device
-    backend, why = choose_backend(opts, device)
-    if backend == "openvino" and (opts.engine is None or
-                                  Path(opts.engine).suffix.lower() == ".pt"):
-        if opts.mode == "fast" or opts.compile:
-            raise OptionError("--backend", "openvino takes neither --mode fast nor --compile "
-                                           "(PyTorch engine options)")
-        from .checkpoint import load_checkpoint
-        from .engines import TorchEngine, default_engine_path
-        from .engines.openvino import open_openvino
-        path = Path(opts.engine) if opts.engine is not None else default_engine_path()
-        if not path.is_file():
-            raise EngineError(path, "no such engine file" if not path.exists() else "not a file")
-        ckpt = load_checkpoint(path)
-        if ckpt.config.label_nc == 0:
-            # The OpenVINO conversion traces label ids; an RGB-input model runs on PyTorch.
-            engine = TorchEngine(ckpt, device, precision=opts.precision, mode=opts.mode)
-            engine.path = path
-            why = "label_nc 0 (RGB input): OpenVINO converts id-map models only"
-        else:
-            log = (lambda message: tqdm.write(message, file=sys.stderr)) if opts.progress \
-                else None
-            engine = open_openvino(path, device, precision=opts.precision, log=log,
-                                   checkpoint=ckpt)
-    else:
-        # An exported file: its suffix decides, or --backend (openvino also runs an .onnx).
-        engine = open_engine(opts.engine, device, precision=opts.precision,
-                             compile=opts.compile, mode=opts.mode, backend=opts.backend)
-    engine.info.extra["chosen_because"] = why
-    return engine
+    """The run's engine, chosen as every command chooses it (engines.open_engine)."""
+    log = (lambda message: tqdm.write(message, file=sys.stderr)) if opts.progress else None
+    return open_engine(opts.engine, opts.device if device is None else device,
+                       precision=opts.precision, compile=opts.compile, mode=opts.mode,
+                       backend=opts.backend, log=log)
 
 
 def run_palette(engine: Engine, opts: RunOptions):
@@ -166,22 +111,6 @@ def comparison_writer(engine: Engine, jobs: list, opts: RunOptions, palette):
         write_image(join(out_root, f"{COMPARE_FOLDER}/{job.name}.png"), np.concatenate(row, 1))
 
     return write
-
-
-def describe_engine(engine: Engine) -> str:
-    """One line: which engine ran, and why it was chosen."""
-    info = engine.info
-    extra = info.extra
-    if info.backend == "openvino":
-        what = f"OpenVINO {str(extra.get('openvino', '')).split('-')[0]} CPU {info.precision}"
-        if extra.get("source") == "pt":
-            what += " (model.pt converted once per frame size, cached)"
-    elif info.backend == "torch":
-        what = f"PyTorch {engine.device} {info.precision} {extra.get('mode') or ''}".rstrip()
-    else:
-        what = f"{info.backend} {engine.device} {info.precision}"
-    why = extra.get("chosen_because")
-    return f"engine: {what}" + (f" [{why}]" if why else "")
 
 
 def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,

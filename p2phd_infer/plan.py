@@ -40,7 +40,7 @@ class RunOptions:
     device: str = "auto"
     precision: str = "fp32"
     mode: str = "auto"                   # PyTorch engine: auto, fast, plain
-    # auto: a model.pt on a CPU runs on OpenVINO where it can (local_run.choose_backend), else
+    # auto: a model.pt on a CPU runs on OpenVINO where it can (engines/choice.py), else
     # PyTorch; torch; openvino (a model.pt, .onnx or .xml on OpenVINO's CPU plugin)
     backend: str = "auto"
     compile: bool = False

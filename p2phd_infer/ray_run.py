@@ -23,6 +23,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from .devices import parse_device
 from .errors import JobError, MissingDependency, OptionError, record_of
 from .files import remove_temps_of
 from .locations import existing, resolve
@@ -121,15 +122,14 @@ def run_on_ray(opts: RunOptions, on_failure=None, worker=SynthesisWorker) -> Run
     cluster / gpus_per_worker, or one per CPU without GPUs). on_failure(record) is called for
     each failed frame as its result arrives (once per distinct fault)."""
     ray = import_ray()
-    device = opts.device
-    if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
-        raise OptionError("--device", f"{device!r}: with --ray, cpu, cuda or auto")
+    # The syntax only: the driver may see no GPU while the cluster's workers do.
+    device = parse_device(opts.device)
     gpus_per_worker = opts.gpus_per_worker
-    if device == "cpu" and gpus_per_worker:
+    if device is not None and device.type == "cpu" and gpus_per_worker:
         raise OptionError("--device", "cpu with --gpus-per-worker: choose one")
-    if device == "cpu":
+    if device is not None and device.type == "cpu":
         gpus_per_worker = 0.0
-    elif str(device).startswith("cuda") and gpus_per_worker is None:
+    elif device is not None and gpus_per_worker is None:
         gpus_per_worker = 1.0       # Ray picks each actor's GPU; an index in --device is moot
     # Paths every node resolves the same way: absolute, or URIs.
     opts = dataclasses.replace(

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import OptionError
 from .kernels.feature_scatter import feature_scatter
 from .labels import CITYSCAPES_NAMES, label_from_instance, resolve_label
@@ -197,11 +198,9 @@ def parse_style(style: str, label_names: dict[int, str] | None = None
 
 
 def _normalise(device) -> torch.device:
-    """'cuda' and 'cuda:0' are one device: key the tables by the explicit index."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
+    """'cuda' and 'cuda:0' are one device: key the tables by the explicit index (no device is
+    the CPU here: a dictionary without an engine stays on the host)."""
+    return resolve_device(device if device is not None else "cpu")
 
 
 def _name(label: int, names: dict[int, str] | None) -> str:

@@ -15,7 +15,7 @@ FOLDERS = {"p2phd_infer": "p2phd_infer", "train": "p2phd_infer.train",
 BOTTOM = ["labels", "errors"]
 MODEL = ["config", "networks", "checkpoint", "official", "instance_features", "label_names",
          "synthesizer", "styles", "ids", "image_io", "files", "locations", "palette", "sim",
-         "label_map"]
+         "label_map", "devices"]
 RUNTIME = ["runtime", "plan", "api", "local_run", "ray_run", "serve", "video", "evaluate"]
 
 

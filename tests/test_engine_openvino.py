@@ -1,8 +1,8 @@
 """OpenVINO engine: f32 against the fp32 PyTorch network, bf16 where the CPU has it, the IR
-export round trip, the per-user conversion cache, and `run` choosing OpenVINO on a CPU."""
+export round trip, and `run` choosing OpenVINO on a CPU (the cache: test_engine_openvino_cache.py).
+"""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -18,12 +18,14 @@ from p2phd_infer.cli import main  # noqa: E402
 from p2phd_infer.config import ModelConfig  # noqa: E402
 from p2phd_infer.engines import open_engine  # noqa: E402
 from p2phd_infer.engines import openvino as ovengine  # noqa: E402
-from p2phd_infer.engines.openvino import (OpenvinoEngine, OpenvinoModelEngine,  # noqa: E402
-                                          cpu_capabilities, import_openvino)
+from p2phd_infer.engines import choose_backend  # noqa: E402
+from p2phd_infer.engines import openvino_convert  # noqa: E402
+from p2phd_infer.engines.openvino import OpenvinoEngine, OpenvinoModelEngine  # noqa: E402
+from p2phd_infer.engines.openvino_cpu import cpu_capabilities, import_openvino  # noqa: E402
 from p2phd_infer.errors import MissingDependency, OptionError  # noqa: E402
 from p2phd_infer.export import openvino_export  # noqa: E402
 from p2phd_infer.export.graphs import build_graph, example_inputs  # noqa: E402
-from p2phd_infer.local_run import choose_backend, open_run_engine  # noqa: E402
+from p2phd_infer.local_run import open_run_engine  # noqa: E402
 from p2phd_infer.networks import build_encoder, build_generator  # noqa: E402
 from p2phd_infer.plan import RunOptions  # noqa: E402
 from p2phd_infer.synthesizer import psnr, to_uint8  # noqa: E402
@@ -147,58 +149,11 @@ def test_missing_openvino_names_the_install(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(MissingDependency, match="pip install openvino"):
         import_openvino()
-    backend, why = choose_backend(RunOptions(engine=str(tiny[0]), device="cpu"))
+    backend, why = choose_backend("cpu")
     assert backend == "torch" and "openvino" in why.lower()
-
-
-# ---------------------------------------------------------------- the cache
-
-
-def test_cache_is_reused_and_invalidated(tmp_path, cache):
-    path = tmp_path / "model.pt"
-    old = checkpoint(seed=7)
-    save_checkpoint(old, path)
-    before = ovengine.conversions
-    first = ovengine.cached_ir(path, H, W)
-    assert ovengine.conversions == before + 1
-    stamp = first.stat().st_mtime_ns
-    assert ovengine.cached_ir(path, H, W) == first            # second open: no convert
-    assert ovengine.conversions == before + 1 and first.stat().st_mtime_ns == stamp
-    entry = json.loads((first.parent / "entry.json").read_text())
-    assert entry["size"] == [H, W] and entry["precision"] == "fp32"
-    # A corrupt entry (truncated weights) is converted again, and runs right.
-    bin_ = first.with_suffix(".bin")
-    bin_.write_bytes(bin_.read_bytes()[:100])
-    assert ovengine.cached_ir(path, H, W) == first
-    assert ovengine.conversions == before + 2
-    OpenvinoEngine(first)                                             # loads
-    # Same size, garbage inside: passes the size check, fails to load -> converted again.
-    first.write_bytes(b"x" * first.stat().st_size)
-    engine = ovengine.open_openvino(path)
-    x = inputs(old, 1, seed=16)
-    assert float((engine(x["label"], x["inst"]) - reference(old, x)).abs().max()) <= TOL
-    assert ovengine.conversions == before + 3
-    # New weights at the same path: a new key, a new conversion, the new weights' images.
-    new = checkpoint(seed=8)
-    save_checkpoint(new, path)
-    engine = ovengine.open_openvino(path)
-    x = inputs(new, 1, seed=15)
-    assert float((engine(x["label"], x["inst"]) - reference(new, x)).abs().max()) <= TOL
-    assert ovengine.conversions == before + 4
-    assert engine.engine_for(H, W).path != first
-    # Nothing half-written is left in the cache folder.
-    assert not [p for p in cache.iterdir() if p.name.endswith(".p2tmp")]
-
-
-def test_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
-    import os
-    monkeypatch.setattr(ovengine, "MAX_ENTRIES", 3)
-    for i in range(5):
-        (tmp_path / f"e{i}").mkdir()
-        (tmp_path / f"e{i}" / "entry.json").write_text("{}")
-        os.utime(tmp_path / f"e{i}" / "entry.json", (1000 + i, 1000 + i))
-    ovengine._evict(tmp_path, keep=tmp_path / "e0")      # e0: the one just built
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e0", "e3", "e4"]
+    engine = open_engine(tiny[0], "cpu")
+    assert engine.info.backend == "torch" and "pip install openvino" in \
+        engine.info.extra["chosen_because"]
 
 
 # ---------------------------------------------------------------- IR export round trip
@@ -256,8 +211,8 @@ def images(folder, n):
 
 def test_run_on_a_cpu_picks_openvino_and_matches_plain(tmp_path, tiny):
     path, _ = tiny
-    ovengine.cached_ir(path, H, W)     # in the cache already (the first test) or now
-    before = ovengine.conversions
+    ovengine.open_openvino(path).engine_for(H, W)     # in the cache already, or now
+    before = openvino_convert.conversions
     write_frames(tmp_path / "d", 4, np.random.default_rng(0))
     labels = tmp_path / "d" / "test_label"
     outs, lines = {}, {}
@@ -266,7 +221,7 @@ def test_run_on_a_cpu_picks_openvino_and_matches_plain(tmp_path, tiny):
                              "--device", "cpu", "--no-progress", *extra])
         assert code == 0, out
         outs[name], lines[name] = images(tmp_path / name, 4), out.strip().splitlines()[-1]
-    assert ovengine.conversions == before       # three runs, no new conversion
+    assert openvino_convert.conversions == before       # three runs, no new conversion
     assert "engine: OpenVINO" in lines["ov"] and "[the CPU default]" in lines["ov"]
     assert "engine: PyTorch cpu fp32 plain [--mode plain]" in lines["plain"]
     for ov, ov3, plain in zip(outs["ov"], outs["ov3"], outs["plain"]):
@@ -277,13 +232,16 @@ def test_run_on_a_cpu_picks_openvino_and_matches_plain(tmp_path, tiny):
 
 def test_run_engine_choice(tiny):
     path = str(tiny[0])
-    assert choose_backend(RunOptions(engine=path, device="cpu"))[0] == "openvino"
-    assert choose_backend(RunOptions(device="cpu"))[0] == "openvino"      # the bundled model
+    assert choose_backend("cpu")[0] == "openvino"
+    assert open_run_engine(RunOptions(engine=path, device="cpu")).info.backend == "openvino"
+    # The bundled model, by every command's opener.
+    assert open_engine(None, "cpu").info.backend == "openvino"
     for kw in (dict(mode="plain"), dict(compile=True), dict(precision="fp16"),
-               dict(backend="torch")):
-        assert choose_backend(RunOptions(engine=path, device="cpu", **kw))[0] == "torch", kw
+               dict(backend="torch"), dict(label_nc=0)):
+        assert choose_backend("cpu", **kw)[0] == "torch", kw
     engine = open_run_engine(RunOptions(engine=path, device="cpu", mode="plain"))
     assert engine.info.backend == "torch"
+    assert engine.info.extra["engine"] == "engine: PyTorch cpu fp32 plain [--mode plain]"
     with pytest.raises(OptionError, match="--backend"):
         RunOptions(backend="tensorrt")
     with pytest.raises(OptionError, match="--backend"):

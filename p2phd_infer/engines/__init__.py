@@ -8,23 +8,27 @@
 | `.plan/.engine`  | TensorRTEngine  | tensorrt.py|
 | `.xml` (+`.bin`) | OpenvinoEngine  | openvino.py|
 
-backend="openvino" runs an `.onnx` on OpenVINO's CPU plugin instead of onnxruntime, and a model.pt
-through OpenvinoModelEngine (converted per frame size and cached: openvino.open_openvino).
+A model.pt runs on OpenVINO on a CPU (OpenvinoModelEngine: converted per frame size and cached),
+else on PyTorch: choice.py decides, for every command. backend="openvino" runs an `.onnx` on
+OpenVINO's CPU plugin instead of onnxruntime.
 
-base.py holds what they share (Engine, EngineInfo, the metadata document, feed checks, devices).
+base.py holds what they share (Engine, EngineInfo, the metadata document, feed checks); the
+OpenVINO engine is openvino.py (engines), openvino_cpu.py (the plugin, what the CPU can run),
+openvino_convert.py (model -> IR), openvino_cache.py (the per-user cache).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from ..errors import EngineError
 from .base import (MAX_INSTANCE_ID, PRECISIONS, Engine, EngineInfo, info_from_json, info_to_json,
                    resolve_device, sidecar_path)
+from .choice import BACKENDS, choose_backend, describe_engine
 from .pytorch import MODES, FastPathWarning, TorchEngine
 
 SUFFIXES = {".pt": "torch", ".onnx": "onnx", ".pt2": "aoti", ".plan": "tensorrt",
             ".engine": "tensorrt", ".xml": "openvino"}
-BACKENDS = ("auto", "torch", "openvino")
 
 
 def default_engine_path() -> Path:
@@ -36,11 +40,18 @@ def default_engine_path() -> Path:
 
 def open_engine(path: str | Path | None = None, device=None, *, precision: str = "fp32",
                 compile: bool | str | None = None, mode: str = "auto",
-                backend: str = "auto") -> Engine:
-    """The engine for a file (None: the bundled demo model). precision, compile and mode are the
-    PyTorch engine's; an exported file carries its own precision, except on OpenVINO, which
-    takes fp32 or bf16 at load. backend: auto (by the file), torch, or openvino (an .onnx, an
-    .xml, or a model.pt converted once per frame size and cached)."""
+                backend: str = "auto", log: Callable[[str], None] | None = None,
+                calibration: str | Path | None = None) -> Engine:
+    """The engine for a file (None: the bundled demo model), for every command and the API.
+
+    A model.pt runs where choice.choose_backend says (OpenVINO on a CPU, else PyTorch); an
+    exported file on the engine its suffix names. precision: fp32, fp16 (CUDA), bf16, or int8
+    (OpenVINO, calibrated on `calibration`, a folder of label maps; default: the bundled
+    samples); compile and mode are the PyTorch engine's; an exported file carries its own
+    precision, except on OpenVINO, which takes fp32 or bf16 at load. backend: auto, torch, or
+    openvino (an .onnx, an .xml, or a model.pt converted once per frame size and cached).
+    log(message): told before a conversion. The engine's info.extra says what runs
+    ("engine": describe_engine's line) and why ("chosen_because")."""
     from ..errors import OptionError
     if backend not in BACKENDS:
         raise OptionError("--backend", f"{backend!r}: one of {', '.join(BACKENDS)}")
@@ -58,14 +69,49 @@ def open_engine(path: str | Path | None = None, device=None, *, precision: str =
     if backend == "openvino" and kind not in ("torch", "onnx", "openvino"):
         raise OptionError("--backend", f"openvino runs a model.pt, an .onnx or an .xml, not a "
                                        f"{kind} engine")
+    if calibration is not None and not (kind == "torch" and precision == "int8"):
+        raise OptionError("--calibration", "calibrates --precision int8 of a model.pt")
+    if kind == "torch":
+        engine = _open_checkpoint(path, device, precision, compile, mode, backend, log,
+                                  calibration)
+    else:
+        engine = _open_file(path, kind, device, precision, backend)
+        engine.info.extra["chosen_because"] = ("an exported engine file" if backend == "auto"
+                                               else f"--backend {backend}")
+    engine.info.extra["engine"] = describe_engine(engine)
+    return engine
+
+
+def _open_checkpoint(path: Path, device, precision, compile, mode, backend, log, calibration):
+    from ..checkpoint import load_checkpoint
+    from ..errors import OptionError
+    ckpt = load_checkpoint(path)
+    chosen, why = choose_backend(device, precision=precision, mode=mode, compile=compile,
+                                 backend=backend, label_nc=ckpt.config.label_nc)
+    if chosen == "openvino":
+        if mode == "fast" or compile:
+            raise OptionError("--backend", "openvino takes neither --mode fast nor --compile "
+                                           "(PyTorch engine options)")
+        if ckpt.config.label_nc == 0:
+            raise OptionError("--backend", "openvino converts id-map models; a label_nc 0 "
+                                           "(RGB input) model runs on torch")
+        from .openvino import open_openvino
+        engine = open_openvino(path, device, precision=precision, log=log, checkpoint=ckpt,
+                               calibration=calibration)
+    else:
+        if precision == "int8":
+            raise OptionError("--precision", f"int8 runs on the OpenVINO CPU engine, and this "
+                                             f"one runs on PyTorch ({why})")
+        engine = TorchEngine(ckpt, device, precision=precision, compile=compile, mode=mode)
+        engine.path = path
+    engine.info.extra["chosen_because"] = why
+    return engine
+
+
+def _open_file(path: Path, kind: str, device, precision: str, backend: str) -> Engine:
     if kind == "openvino" or (backend == "openvino" and kind == "onnx"):
         from .openvino import OpenvinoEngine
         return OpenvinoEngine(path, device, precision=precision)
-    if kind == "torch" and backend == "openvino":
-        from .openvino import open_openvino
-        return open_openvino(path, device, precision=precision)
-    if kind == "torch":
-        return TorchEngine(path, device, precision=precision, compile=compile, mode=mode)
     if kind == "onnx":
         from .onnx import OnnxEngine
         return OnnxEngine(path, device)
@@ -77,5 +123,6 @@ def open_engine(path: str | Path | None = None, device=None, *, precision: str =
 
 
 __all__ = ["BACKENDS", "MAX_INSTANCE_ID", "MODES", "PRECISIONS", "Engine", "EngineError",
-           "EngineInfo", "FastPathWarning", "TorchEngine", "default_engine_path", "info_from_json",
+           "EngineInfo", "FastPathWarning", "TorchEngine", "choose_backend", "default_engine_path",
+           "describe_engine", "info_from_json",
            "info_to_json", "open_engine", "resolve_device", "sidecar_path"]

@@ -1,5 +1,6 @@
 """What every engine shares: the interface, its typed description (EngineInfo), the metadata
-document every engine file carries, the checks on what an engine is fed, and the device rule.
+document every engine file carries and the checks on what an engine is fed. The device rule
+(resolve_device) lives in devices.py, below the engines, and is re-exported here.
 
 An engine takes device tensors `label` int32 [B,1,H,W], `inst` int32 [B,1,H,W] and, for feature
 models, `feat` float [B,F,H,W]; it returns float [B,3,H,W] in [-1,1] on its device. A style
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..errors import EngineError, MissingDependency, OptionError
+from ..devices import resolve_device  # noqa: F401 - the one device rule, re-exported
+from ..errors import EngineError
 
 METADATA_KEY = "p2phd_infer"     # metadata_props key (ONNX) / metadata key (AOTInductor)
 METADATA_FORMAT = "p2phd-infer-engine"
@@ -164,36 +166,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """Where a TensorRT plan's metadata lives: `<plan>.json`."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-# --- devices --------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The one device rule: None/"auto" -> cuda if present, else cpu; "cuda" -> "cuda:N" (the
-    current device), so tensors compare equal and set_device has an index. OptionError for a
-    device this PyTorch cannot run on."""
-    if device is None or (isinstance(device, str) and device.strip() in ("auto", "")):
-        if device is not None and device.strip() == "":
-            raise OptionError("--device", "empty; give cpu, cuda, cuda:N or auto")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise OptionError("--device", f"{device!r} is not a device (cpu, cuda, cuda:N or auto)") \
-            from None
-    if dev.type not in ("cpu", "cuda"):
-        raise OptionError("--device", f"{device!r}: this project runs on cpu or cuda")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MissingDependency("--device", f"{device!r} asked for, but this PyTorch sees no "
-                                                f"CUDA device")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        elif dev.index >= torch.cuda.device_count():
-            raise OptionError("--device", f"{device!r}: there are {torch.cuda.device_count()} "
-                                          f"CUDA devices")
-    return dev
 
 
 # --- frame sizes ----------------------------------------------------------------------------

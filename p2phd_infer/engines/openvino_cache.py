@@ -1,0 +1,225 @@
+"""The per-user cache of converted OpenVINO models and of their compiled blobs.
+
+`$XDG_CACHE_HOME` (or ~/.cache)/p2phd-infer/openvino/<key>/
+    model.xml, model.bin   the IR of one model.pt at one frame size (and precision, variant)
+    entry.json             what it was made from, and the content hash of model.xml and model.bin
+    compiled/              OpenVINO's compiled-model cache (CACHE_DIR) for this IR: a second
+                           run imports the compiled blob instead of compiling again
+    compiled.json          the content hash of each blob OpenVINO wrote there
+
+key = hash over (the checkpoint file's bytes, frame size, precision, variant, OpenVINO version,
+CACHE_FORMAT): new weights, a new OpenVINO or a new layout never read an old entry. An entry is
+built in a temporary folder beside it and renamed into place whole, under a lock file, so
+concurrent runs (Ray actors on one machine) build it once and a reader never sees half of one.
+
+Every use checks content, not sizes: the IR's files against the hashes in entry.json, each blob
+against compiled.json (a file overwritten in place with NaN constants keeps its size and would
+give black images). An entry that fails is rebuilt; a blob that fails, or that no record names
+(a compile killed midway), is removed and OpenVINO compiles again. The hash is xxh3-128 (about
+10 GB/s: the official generator's 730 MB of weights are checked in well under a tenth of a
+second; sha256 would take 0.6 s of every start). It detects corruption, not forgery: whoever can
+write this folder can also write a matching hash. The MAX_ENTRIES most recently used entries
+are kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import OutputError
+from ..files import is_temp_name, temp_path, write_atomic
+from .openvino_cpu import openvino_version
+
+CACHE_FORMAT = 3
+# Entries kept: each is a model's fp32 weights (730 MB for the official 1024p generator), so the
+# least recently used beyond this many are removed after a conversion.
+MAX_ENTRIES = 8
+COMPILED = "compiled"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "p2phd-infer" / "openvino"
+
+
+def _hasher():
+    import xxhash
+    return xxhash.xxh3_128()
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """xxh3-128 of a file's bytes, hex."""
+    h = _hasher()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_digests: dict[tuple, str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """content_hash of a file, remembered per (path, size, mtime) for this process."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _digests:
+        _digests[memo] = content_hash(path)
+    return _digests[memo]
+
+
+def cache_key(digest: str, height: int, width: int, precision: str, variant: str = "") -> str:
+    """variant: what else the IR depends on (int8: the calibration set; the lookup first
+    layers), "" for the plain graph."""
+    text = f"{CACHE_FORMAT}|{digest}|{height}x{width}|{precision}|{variant}|{openvino_version()}"
+    h = _hasher()
+    h.update(text.encode())
+    return h.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (a lock file), where the OS has flock."""
+    try:
+        import fcntl
+    except ImportError:                     # Windows: the rename below is still atomic
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_dead_staging(root: Path) -> None:
+    """Staging folders of builders that died (temp names whose process is gone)."""
+    for entry in root.iterdir():
+        if entry.is_dir() and is_temp_name(entry.name):
+            try:
+                pid = int(entry.name.rsplit(".p2tmp", 1)[0].rsplit(".", 1)[1].split("-")[0])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry, ignore_errors=True)
+            except (ValueError, IndexError, OSError):
+                pass
+
+
+def _entry_ok(entry: Path, key: str) -> bool:
+    """The entry is the one for `key` and its IR files hold the bytes it was written with."""
+    try:
+        meta = json.loads((entry / "entry.json").read_text())
+        if meta.get("key") != key:
+            return False
+        for name in ("model.xml", "model.bin"):
+            f = entry / name
+            if f.stat().st_size != meta["files"][name]["bytes"] or \
+                    content_hash(f) != meta["files"][name]["xxh3"]:
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """Remove the least recently used entries beyond MAX_ENTRIES (never `keep`). An engine that
+    has one open in another process keeps reading it: its files are open or mapped."""
+    def last_use(entry: Path) -> float:
+        try:
+            return (entry / "entry.json").stat().st_mtime
+        except OSError:
+            return 0.0
+    entries = sorted((e for e in root.iterdir() if e.is_dir() and not is_temp_name(e.name)
+                      and e != keep), key=last_use, reverse=True)
+    for old in entries[MAX_ENTRIES - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cached_ir(ckpt_path: str | os.PathLike, height: int, width: int, precision: str = "fp32",
+              *, make: Callable[[], object], variant: str = "", rebuild: bool = False,
+              root: Path | None = None, log: Callable[[str], None] | None = None,
+              what: str = "") -> Path:
+    """The cached IR (.xml) of model.pt at one frame size, made now by `make()` (-> ov.Model) if
+    absent, corrupted or `rebuild`; `log(message)` is told before it is made."""
+    from .openvino_convert import save_ir
+    root = root or cache_root()
+    digest = file_digest(ckpt_path)
+    key = cache_key(digest, height, width, precision, variant)
+    entry = root / key
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(root, f"cannot create the OpenVINO cache ({e.strerror or e})") from None
+    with _locked(root / f".{key}.lock"):
+        if not rebuild and _entry_ok(entry, key):
+            os.utime(entry / "entry.json")          # last use, for _evict
+            return entry / "model.xml"
+        _remove_dead_staging(root)
+        if log is not None:
+            log(f"converting {Path(ckpt_path).name} to OpenVINO{what} for {width}x{height} "
+                f"frames (once; cached in {entry})")
+        model = make()
+        staging = temp_path(entry)
+        staging.mkdir()
+        try:
+            save_ir(model, staging / "model.xml")
+            files = {n: {"bytes": (staging / n).stat().st_size,
+                         "xxh3": content_hash(staging / n)} for n in ("model.xml", "model.bin")}
+            meta = {"key": key, "checkpoint": str(Path(ckpt_path).resolve()),
+                    "checkpoint_xxh3": digest, "size": [height, width],
+                    "precision": precision, "variant": variant,
+                    "openvino": openvino_version(), "format": CACHE_FORMAT, "files": files}
+            write_atomic(staging / "entry.json", json.dumps(meta, indent=1) + "\n")
+            if entry.exists():
+                shutil.rmtree(entry)            # corrupted or stale: replaced whole
+            os.rename(staging, entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _evict(root, keep=entry)
+    return entry / "model.xml"
+
+
+def _blob_records(entry: Path) -> dict[str, dict]:
+    try:
+        records = json.loads((entry / "compiled.json").read_text())
+        return records if isinstance(records, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def compiled_cache(xml: Path) -> Iterator[Path]:
+    """The CACHE_DIR for compiling the cached IR `xml`, under the entry's lock: blobs that fail
+    their recorded hash (or have none) are removed first; blobs OpenVINO writes while the caller
+    compiles are recorded after."""
+    entry = xml.parent
+    folder = entry / COMPILED
+    folder.mkdir(exist_ok=True)
+    with _locked(entry.parent / f".{entry.name}.lock"):
+        records = _blob_records(entry)
+        kept = {}
+        for blob in folder.iterdir():
+            rec = records.get(blob.name)
+            try:
+                ok = rec is not None and blob.is_file() and \
+                    blob.stat().st_size == rec["bytes"] and content_hash(blob) == rec["xxh3"]
+            except (OSError, KeyError, TypeError):
+                ok = False
+            if ok:
+                kept[blob.name] = rec
+            elif blob.is_dir():
+                shutil.rmtree(blob, ignore_errors=True)
+            else:
+                blob.unlink(missing_ok=True)
+        yield folder
+        for blob in folder.iterdir():
+            if blob.name not in kept and blob.is_file():
+                kept[blob.name] = {"bytes": blob.stat().st_size, "xxh3": content_hash(blob)}
+        if kept != records:
+            write_atomic(entry / "compiled.json", json.dumps(kept, indent=1) + "\n")
