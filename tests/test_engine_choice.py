@@ -50,6 +50,8 @@ def test_serve_edit_and_the_api_choose_runs_engine(monkeypatch, extra):
         engine, app = served_engine(monkeypatch, command, *extra)
         assert engine.info.extra["engine"] == ran, command
     from starlette.testclient import TestClient
-    with TestClient(app) as client:
+    from p2phd_infer.serve.dataplane import TRITON_NAMES
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         meta = client.get("/v2/models/p2phd").json()
-    assert meta["platform"] == f"p2phd_{engine.info.backend}"
+    platform, backend = TRITON_NAMES[engine.info.backend]
+    assert meta["platform"] == (platform or backend), meta

@@ -131,7 +131,7 @@ def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
     if fmt == "aoti" and fp16 and dev.type != "cuda":
         raise OptionError("--fp16", "fp16 AOTInductor packages are built for CUDA (--device cuda)")
     if fmt == "openvino":
-        from ..engines.openvino import import_openvino
+        from ..engines.openvino_cpu import import_openvino
         import_openvino()           # a missing package fails before the slow export
     if fmt == "tensorrt":
         import_tensorrt()           # a missing package fails before the slow export
