@@ -16,7 +16,7 @@ from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.errors import InputError
 from p2phd_infer.sim import CARLA_TO_CITYSCAPES, instances_from_labels
-from tests.helpers import save_random_model
+from helpers import save_random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
