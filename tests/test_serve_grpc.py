@@ -261,6 +261,12 @@ def test_system_shared_memory_in_and_out(server, work, regions, protocol):
         o.set_shared_memory(f"out{key}", 2 * IMAGE_BYTES)
         res = c.infer("p2phd", [a, b], outputs=[o])
         out = res.get_output("image")
+        # What Triton's C++ client (perf_analyzer) reads without checking: one raw entry per
+        # output over gRPC, binary_data_size in an HTTP output's parameters.
+        if protocol == "grpc":
+            assert list(res.get_response().raw_output_contents) == [b""]
+        else:
+            assert out["parameters"]["binary_data_size"] == 0
         params = out.parameters if protocol == "grpc" else out["parameters"]
         region = params["shared_memory_region"]
         assert (region.string_param if protocol == "grpc" else region) == f"out{key}"
@@ -304,7 +310,12 @@ def test_system_shared_memory_in_and_out(server, work, regions, protocol):
         assert "is past the end of key" in e.value.message()
     finally:
         c.unregister_system_shared_memory(f"in{key}")
-        c.unregister_system_shared_memory(f"out{key}")
+    with pytest.raises(mod.InferenceServerException) as e:
+        c.unregister_system_shared_memory(f"in{key}")
+    assert "no system shared memory region" in e.value.message()
+    c.unregister_system_shared_memory()          # every region (perf_analyzer starts so)
+    regions = c.get_system_shared_memory_status()
+    assert not (regions.regions if protocol == "grpc" else regions)
     with pytest.raises(mod.InferenceServerException) as e:
         c.get_system_shared_memory_status(f"in{key}")
     assert "no system shared memory region" in e.value.message()
@@ -319,6 +330,7 @@ def test_cuda_shared_memory_without_cuda_is_one_line(client):
     assert e.status() == "StatusCode.INVALID_ARGUMENT"
     assert e.message() == "cuda shared memory: needs a CUDA device; this server has none"
     assert not client.get_cuda_shared_memory_status().regions
+    client.unregister_cuda_shared_memory()       # none to drop: fine (perf_analyzer starts so)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA shared memory needs a CUDA "

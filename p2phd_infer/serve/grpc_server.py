@@ -120,8 +120,9 @@ def encode_infer(result) -> pb.ModelInferResponse:
                     t.parameters[k].string_param = v
                 else:
                     t.parameters[k].int64_param = int(v)
-        else:
-            out.raw_output_contents.append(array.tobytes())
+        # One raw entry per output, empty for one in shared memory: Triton's C++ client (and so
+        # perf_analyzer) reads raw_output_contents[i] for the i-th output without a bound check.
+        out.raw_output_contents.append(b"" if name in shared else array.tobytes())
     return out
 
 

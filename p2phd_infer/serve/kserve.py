@@ -273,7 +273,9 @@ def encode_response(model_name: str, model_version: str, request_id: str | None,
         little = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
         entry = {"name": name, "datatype": DATATYPE_OF[little], "shape": list(array.shape)}
         if shared and name in shared:
-            entry["parameters"] = dict(shared[name])
+            # binary_data_size 0: Triton's C++ client (perf_analyzer) reads it from every output
+            # that has parameters; no bytes follow for an output in shared memory.
+            entry["parameters"] = {**shared[name], "binary_data_size": 0}
         elif binary:
             raw = array.astype(little, copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
