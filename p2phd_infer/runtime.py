@@ -84,7 +84,8 @@ class FrameTiming:
     queued = submit() to its batch's dispatch (decode, checks, the batching delay, a busy engine);
     input / infer / output = its batch's host-to-device preparation, network (features, engine,
     uint8), and download. `batch` numbers every Runtime's batches in the process, so frames that
-    shared one engine call can be told apart. Set as `future.timing` before a dispatched frame's Future resolves."""
+    shared one engine call can be told apart. Set as `future.timing` before a dispatched
+    frame's Future resolves."""
     batch: int
     batch_size: int
     queued_ns: int

@@ -40,7 +40,8 @@ def server(tmp_path_factory):
     save_random_model(root / "m.pt", TINY, 1, std=0.2)
     (root / "keys").write_text(f"# the test's key\n{KEY}\n")
     log = root / f"serve-{uuid.uuid4().hex[:8]}.log"
-    args = ["serve", "--engine", root / "m.pt", "--device", "cpu", "--api-key-file",
+    args = ["serve", "--engine", root / "m.pt", "--device", "cpu", "--mode", "plain",
+            "--api-key-file",
             root / "keys", "--allow-origin", "https://ok.example", "--allow-host", "myname.test",
             "--log-level", "info"]
     with cli_server(args, log, timeout_s=90) as (proc, url):

@@ -88,7 +88,7 @@ def server(repo):
     log = repo / f"serve-{uuid.uuid4().hex[:8]}.log"
     args = ["serve", "--model-repository", repo / "models", "--model-control-mode", "explicit",
             "--load-model", "a", "--load-model", "held", "--max-batch-size", "4",
-            "--max-delay-us", "5000", "--device", "cpu", "--log-level", "info"]
+            "--max-delay-us", "5000", "--device", "cpu", "--mode", "plain", "--log-level", "info"]
     with cli_server(args, log, timeout_s=90) as (proc, url):
         yield url.removeprefix("http://"), log
 
@@ -97,7 +97,8 @@ def metric(url: str, name: str, labels: str) -> float:
     import urllib.request
     with urllib.request.urlopen(f"http://{url}/metrics", timeout=30) as r:
         text = r.read().decode()
-    m = re.search(re.escape(f"{name}{{{labels}}}") + r" ([0-9.e+-]+)", text)
+    key = f"{name}{{{labels}}}" if labels else name
+    m = re.search("^" + re.escape(key) + r" ([0-9.e+-]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -192,8 +193,11 @@ def test_repository_index_load_unload_across_two_models(server, repo):
     assert client.is_model_ready("b")
     img = client.infer("b", inputs(*ids(100))).as_numpy("image")
     assert np.array_equal(img[0], ran(repo, "b", 0))
+    calls = metric(server[0], "p2phd_batch_size_count", "")
     client.unload_model("a")
     assert not client.is_model_ready("a") and client.is_model_ready("b")
+    # An unloaded model's engine calls stay counted (a counter never goes down).
+    assert metric(server[0], "p2phd_batch_size_count", "") == calls
     with pytest.raises(Exception, match="not loaded"):
         client.infer("a", inputs(*ids(100)))
     client.load_model("a")                          # back, with the same bytes

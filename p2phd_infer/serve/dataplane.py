@@ -21,6 +21,9 @@ call into the model's Runtimes, statistics, and the status of every fault.
         statistics(name=None, version=None)   -> {"model_stats": [...]} (Triton's fields)
         repository_index(ready_only=False)    -> [{name, version, state, reason}]
         load(name), unload(name)              explicit model control (blocking calls)
+        served() -> [ServedModel]             every loaded model version
+        batch_sizes() -> Counter              frames per engine call over every model served
+        shared_memory                         the registered regions (shared_memory.py)
         failure(kind)                          count a failed call by fault_of's kind: front
                                                  doors call it once per failed request
     fault_of(exception) -> Fault              HTTP status, gRPC status name, metrics kind, one line
@@ -35,6 +38,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -227,8 +231,9 @@ class ServedModel:
             },
             "instance_group": [group],
             "default_model_filename": self.source.name if self.source else "",
-            "parameters": {"engine": {"string_value": getattr(self.engine, "name",
-                                                              self.engine.info.backend)},
+            # What runs, in the words every command uses (engines.describe_engine's line).
+            "parameters": {"engine": {"string_value": str(
+                self.engine.info.extra.get("engine") or getattr(self.engine, "name", backend))},
                            "precision": {"string_value": self.engine.info.precision}},
         }
 
@@ -266,6 +271,7 @@ class DataPlane:
         self._started = False
         self._closed = False
         self.failures: dict[str, int] = {}          # kind -> count, every fault of every call
+        self._retired_sizes: Counter = Counter()    # engine calls of unloaded models
         self.shared_memory = SharedMemory()         # the regions every front door shares
 
     # ------------------------------------------------------------------ lifecycle
@@ -543,20 +549,23 @@ class DataPlane:
         if not self.explicit:
             raise OptionError("model control", "load and unload need --model-control-mode "
                                                "explicit")
+        models: list[ServedModel] = []
         try:
             models = self.repository.open(name, self.max_pixels)
             for m in models:
                 m.start()
-        except Error as e:
-            with self._lock:
-                self._reasons[name] = one_line(e)
+        except BaseException as e:
+            for m in models:           # the versions already started
+                m.close()
+            if isinstance(e, Error):
+                with self._lock:
+                    self._reasons[name] = one_line(e)
             raise
         with self._lock:
             old = self._models.pop(name, {})
             self._models[name] = {m.version: m for m in models}
             self._reasons.pop(name, None)
-        for m in old.values():
-            m.close()
+        self._retire(old.values())
         log.info("loaded model %r versions %s", name, ", ".join(m.version for m in models))
 
     def unload(self, name: str) -> None:
@@ -571,9 +580,26 @@ class DataPlane:
                 raise NotFound(f"unknown model {name!r}")
             old = self._models.pop(name, {})
             self._reasons[name] = "unloaded"
-        for m in old.values():
-            m.close()
+        self._retire(old.values())
         log.info("unloaded model %r", name)
+
+    def _retire(self, models) -> None:
+        """Close models taken out of service, keeping their engine calls in batch_sizes()."""
+        for m in models:
+            m.close()
+            if m.pool is not None:
+                with self._lock:
+                    self._retired_sizes.update(m.pool.batch_sizes())
+
+    def batch_sizes(self) -> Counter:
+        """{frames per engine call: calls} over every model the server has served."""
+        with self._lock:
+            total = Counter(self._retired_sizes)
+            models = [m for v in self._models.values() for m in v.values()]
+        for m in models:
+            if m.pool is not None:
+                total.update(m.pool.batch_sizes())
+        return total
 
 
 def _version_key(v: str):

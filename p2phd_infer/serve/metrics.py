@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, \
@@ -159,10 +159,7 @@ class _ModelCollector:
         for kind, n in sorted(self.m.dp.failures.items()):
             failures.add_metric([kind], float(n))
         yield failures
-        sizes = Counter()
-        for m in models:
-            if m.pool is not None:
-                sizes.update(m.pool.batch_sizes())
+        sizes = self.m.dp.batch_sizes()
         top = max([m.max_batch_size for m in models] or [1])
         hist = HistogramMetricFamily("p2phd_batch_size", "Frames per engine call")
         buckets = []
