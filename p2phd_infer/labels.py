@@ -29,6 +29,9 @@ CITYSCAPES_LABELS: dict[int, tuple[str, tuple[int, int, int]]] = {
 CITYSCAPES_NAMES: dict[int, str] = {i: name for i, (name, _) in CITYSCAPES_LABELS.items()}
 # The classes with instances (hasInstances in the official label table): person .. bicycle.
 CITYSCAPES_THINGS = frozenset(range(24, 34))
+# Cityscapes instance ids: class*1000 + k for the k-th object of a thing class, the class id itself
+# for stuff (and for thing pixels without an object, e.g. a crowd).
+INSTANCES_PER_CLASS = 1000
 # The 19 Cityscapes evaluation classes: labelId -> trainId (cityscapesscripts' table); every other
 # label id has trainId 255, ignored when scoring.
 CITYSCAPES_TRAIN_IDS: dict[int, int] = {
@@ -42,7 +45,8 @@ CITYSCAPES_EVAL_NAMES: list[str] = [CITYSCAPES_NAMES[i] for i in sorted(
 
 def label_from_instance(inst: torch.Tensor) -> torch.Tensor:
     """Cityscapes instance ids are class*1000 + k for countable classes, the class id otherwise."""
-    return torch.where(inst < 1000, inst, torch.div(inst, 1000, rounding_mode="floor"))
+    return torch.where(inst < INSTANCES_PER_CLASS, inst,
+                       torch.div(inst, INSTANCES_PER_CLASS, rounding_mode="floor"))
 
 
 def edge_map(inst: torch.Tensor) -> torch.Tensor:

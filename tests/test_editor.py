@@ -154,26 +154,77 @@ def raw(*maps) -> bytes:
     return b"".join(np.ascontiguousarray(m, dtype="<i4").tobytes() for m in maps)
 
 
+def page_token(client) -> str:
+    """The token the editor page carries (its <meta name="p2phd-token">)."""
+    import re
+    r = client.get("/")
+    assert r.headers["cache-control"] == "no-store"
+    return re.search(r'<meta name="p2phd-token" content="([^"]+)">', r.text).group(1)
+
+
 @pytest.fixture(scope="module")
 def client(engine):
+    """The editor's app over `engine`, its POSTs carrying the page's token."""
     from starlette.testclient import TestClient
 
     from p2phd_infer.serve.app import create_app
-    from p2phd_infer.serve.editor import demo_samples
+    from p2phd_infer.serve.editor import TOKEN_HEADER, demo_samples
     with TestClient(create_app(engine, max_batch_size=4, editor=True,
                                samples=demo_samples())) as c:
+        c.headers[TOKEN_HEADER] = page_token(c)
         yield c
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_state_changing_calls_need_the_pages_token(client):
+    from p2phd_infer.serve.editor import TOKEN_HEADER
+    label, inst = street()
+    token = client.headers[TOKEN_HEADER]
+    assert len(token) >= 32 and token != "{{p2phd-token}}"
+    assert page_token(client) == token                  # one per server start
+    calls = [(f"/editor/render?width={W}&height={H}", {"content": raw(label, inst)}),
+             (f"/editor/swatches?width={W}&height={H}&id=26001", {"content": raw(label, inst)}),
+             (f"/editor/png?width={W}&height={H}&map=label", {"content": raw(label)}),
+             ("/editor/decode", {"files": {"label": ("a.png", b"x")}})]
+    for url, body in calls:
+        for bad in (None, "", token[:-1] + ("A" if token[-1] != "A" else "B"), token + "x"):
+            req = client.build_request("POST", url, **body)
+            if bad is None:
+                del req.headers[TOKEN_HEADER]
+            else:
+                req.headers[TOKEN_HEADER] = bad
+            r = client.send(req)
+            assert r.status_code == 403, (url, bad, r.text)
+            msg = r.json()["error"]
+            assert "X-P2PHD-Token" in msg and "\n" not in msg, msg
+    # The same calls with the token are served (decode's junk PNG is the client's 400).
+    assert [client.post(url, **body).status_code for url, body in calls] == [200, 200, 200, 400]
+    # Reading needs no token: the page, its modules, info and samples.
+    req = client.build_request("GET", "/editor/info")
+    del req.headers[TOKEN_HEADER]
+    assert client.send(req).status_code == 200
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_page_info_and_samples(client):
     r = client.get("/")
     assert r.status_code == 200 and "editor.js" in r.text
-    assert client.get("/static/editor.js").status_code == 200
+    import re
+    modules = re.findall(r'from "\./([a-z_]+\.js)"', client.get("/static/editor.js").text)
+    assert len(set(modules)) >= 5                           # the page's ES modules, all served
+    for m in set(modules):
+        r = client.get(f"/static/{m}")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"], m
     info = client.get("/editor/info").json()
     car = info["classes"][26]
     assert car == {"id": 26, "name": "car", "colour": [0, 0, 142], "clusters": 4, "thing": True}
     assert info["classes"][7]["thing"] is False and info["classes"][23]["clusters"] == 2
+    # Thing classes are Cityscapes' person .. bicycle, each with room for 1000 object ids.
+    assert [c["id"] for c in info["classes"] if c["thing"]] == list(range(24, 34))
+    assert info["instances_per_class"] == 1000
+    # Which engine renders, from the engine's own description; the one model, named.
+    assert info["engine_label"] == "PyTorch fp32 plain on cpu"
+    assert (info["model"], info["version"]) == ("p2phd", "1")
     assert info["samples"][0] == "street_01"
     r = client.get("/editor/samples/street_01")
     w, h = int(r.headers["x-width"]), int(r.headers["x-height"])
@@ -268,6 +319,54 @@ def test_id_pngs_keep_ids_exact_and_decode_reads_them_back(client):
     assert r.status_code == 400 and r.json()["error"].startswith("a.png: a JPEG file")
     r = client.post(f"/editor/png?width=2&height=1&map=inst", content=raw(np.array([[1, 70000]])))
     assert r.status_code == 400 and "16-bit" in r.json()["error"]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_the_editor_renders_through_the_model_it_names(engine):
+    """Two models served at once (a model repository): info, render and swatches go to the one
+    the call names; the repository index lists both (what the page's model picker shows)."""
+    from starlette.testclient import TestClient
+
+    from p2phd_infer.serve.app import create_app
+    from p2phd_infer.serve.dataplane import DataPlane, ModelSettings, ServedModel
+    from p2phd_infer.serve.editor import TOKEN_HEADER
+    other_cfg = ModelConfig(label_nc=12, netG="global", ngf=4, n_downsample_global=1,
+                            n_blocks_global=1)
+    from helpers import random_checkpoint
+    other = TorchEngine(random_checkpoint(other_cfg, seed=5, std=0.2), "cpu")
+    settings = ModelSettings(max_batch_size=4)
+    dp = DataPlane([ServedModel("street", "1", engine, settings),
+                    ServedModel("tiny", "2", other, settings)])
+    with TestClient(create_app(dataplane=dp, editor=True)) as c:
+        c.headers[TOKEN_HEADER] = page_token(c)
+        index = c.post("/v2/repository/index", json={"ready": True}).json()
+        assert [(m["name"], m["version"], m["state"]) for m in index] == \
+            [("street", "1", "READY"), ("tiny", "2", "READY")]
+        first = c.get("/editor/info").json()
+        assert (first["model"], first["label_nc"]) == ("street", 35)    # no name: the first
+        tiny = c.get("/editor/info", params={"model": "tiny", "version": "2"}).json()
+        assert (tiny["model"], tiny["version"], tiny["label_nc"]) == ("tiny", "2", 12)
+        assert len(tiny["classes"]) == 12 and not any(k["clusters"] for k in tiny["classes"])
+        label, inst = street()
+        label = label % 12
+        q = {"width": W, "height": H}
+        got = {}
+        for name in ("street", "tiny"):
+            r = c.post("/editor/render", params={**q, "model": name}, content=raw(label, inst))
+            assert r.status_code == 200, r.text
+            got[name] = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert np.array_equal(got["tiny"], Pix2PixHD(other)(label, inst))
+        assert np.array_equal(got["street"], Pix2PixHD(engine)(label, inst))
+        # The model's own clusters: tiny has none for the road.
+        r = c.post("/editor/swatches", params={**q, "model": "tiny", "id": 7},
+                   content=raw(label, inst))
+        assert r.status_code == 400 and "no feature clusters" in r.json()["error"]
+        for params, status, text in [({"model": "nope"}, 404, "unknown model 'nope'"),
+                                     ({"model": "tiny", "version": "1"}, 404, "no version")]:
+            r = c.get("/editor/info", params=params)
+            assert r.status_code == status and text in r.json()["error"], r.text
+            r = c.post("/editor/render", params={**q, **params}, content=raw(label, inst))
+            assert r.status_code == status and text in r.json()["error"], r.text
 
 
 # ---------------------------------------------------------------- the command

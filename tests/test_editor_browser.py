@@ -3,8 +3,9 @@ Python): the real `p2phd-infer edit` server as a subprocess on a free loopback p
 demo model on the CPU.
 
 Needs `pip install playwright` and `apt-get install chromium` (.ci/run installs both; Playwright's
-own browser download is not used). Set P2PHD_CHROMIUM to another Chromium binary, and
-P2PHD_EDITOR_SCREENSHOT=docs/editor.png to write the README's screenshot."""
+own browser download is not used). Set P2PHD_CHROMIUM to another Chromium binary,
+P2PHD_EDITOR_SCREENSHOT=docs/editor.png to write the README's screenshot, and
+P2PHD_EDITOR_SHOTS=DIR for screenshots of the layout checks (at 1280x900)."""
 from __future__ import annotations
 
 import base64
@@ -52,7 +53,8 @@ def page(server):
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=["--no-sandbox", "--disable-gpu"])
         try:
-            pg = browser.new_page(viewport={"width": 1400, "height": 760},
+            # The size the editor is laid out for: label map and photo side by side.
+            pg = browser.new_page(viewport={"width": 1280, "height": 900},
                                   accept_downloads=True)
             errors: list[str] = []
             pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -99,9 +101,121 @@ def changed(before: np.ndarray, after: np.ndarray, where: np.ndarray) -> float:
     return float(np.abs(after - before).mean(-1)[where].mean())
 
 
+def box(pg, selector: str) -> dict:
+    return pg.locator(selector).bounding_box()
+
+
+def shot(pg, name: str) -> None:
+    if os.environ.get("P2PHD_EDITOR_SHOTS"):
+        pg.screenshot(path=os.path.join(os.environ["P2PHD_EDITOR_SHOTS"], name))
+
+
+def test_layout_and_page_controls(page):
+    pg = page
+    pg.select_option("#sample", "street_02")
+    pg.click("#load-sample")                        # no edits yet: loads without asking
+    pg.wait_for_function("editor.state.name === 'street_02' && editor.settled()")
+    shot(pg, "editor-1280.png")
+    # Label map and photo side by side at 1280 px, each about half the room, same top.
+    lab, img = box(pg, "#label-canvas"), box(pg, "#result")
+    assert abs(lab["y"] - img["y"]) < 2 and lab["x"] + lab["width"] < img["x"], (lab, img)
+    assert lab["width"] > 400 and abs(lab["width"] - img["width"]) < 2, (lab, img)
+    assert img["x"] + img["width"] <= 1280 and lab["y"] + lab["height"] < 900
+    # The header is one line: every control on the same row, none past the page's edge.
+    head = box(pg, "header")
+    assert head["height"] < 48, head
+    for el in pg.locator("header > *:visible").all():
+        b = el.bounding_box()
+        assert b["y"] >= head["y"] and b["y"] + b["height"] <= head["y"] + head["height"], b
+        assert b["x"] + b["width"] <= 1280, b
+    # Which engine renders, as the server's engine describes itself; one model, no choice.
+    info = pg.evaluate("editor.state.info")
+    assert pg.inner_text("#engine") == info["engine_label"] == "PyTorch fp32 plain on cpu"
+    assert pg.evaluate("[...document.querySelectorAll('#model-pick option')].map(o => o.text)") \
+        == ["p2phd"] and pg.is_disabled("#model-pick")
+
+    # Object classes are marked; with Add object, a stuff class is refused at the press, before
+    # any drag, and the error does not move the canvas.
+    assert pg.inner_text("#classes li[data-id='26'] .thing") == "\u25c6"
+    assert pg.inner_text("#classes li[data-id='7'] .thing") == ""
+    pg.click("#classes li[data-id='7']")
+    pg.click("#tools button[data-tool='add']")
+    assert "dim" in pg.get_attribute("#classes li[data-id='7']", "class")
+    label0, inst0 = maps(pg)
+    placed = {sel: box(pg, sel) for sel in ("#label-canvas", "#result", "#style-panel",
+                                            "#classes", "#tools")}
+    pg.mouse.move(*at(pg, 100, 200))
+    pg.mouse.down()
+    pg.wait_for_selector("#error:not([hidden])")       # at the press, not after the drag
+    assert "road (7) is not an object class" in pg.inner_text("#error")
+    pg.mouse.move(*at(pg, 160, 230), steps=3)
+    pg.mouse.up()
+    assert pg.evaluate("editor.state.history.length") == 0
+    assert all(np.array_equal(a, b) for a, b in zip(maps(pg), (label0, inst0)))
+    shot(pg, "editor-1280-error.png")
+    assert {sel: box(pg, sel) for sel in placed} == placed       # nothing moved
+    # ... and the next successful action clears it: a stroke, rendered.
+    pg.click("#classes li[data-id='21']")
+    pg.click("#tools button[data-tool='brush']")
+    drag(pg, (20, 240), (40, 240))
+    settle(pg)
+    assert pg.is_hidden("#error") and box(pg, "#label-canvas") == lab
+
+    # The brush's outline follows the pointer at the brush's radius.
+    pg.mouse.move(*at(pg, 250, 120))
+    assert pg.evaluate("editor.state.cursor") == {"x": 250, "y": 120, "r": 10}
+    ring = pg.evaluate("""Array.from(document.getElementById('cursor').getContext('2d')
+                          .getImageData(250 + 10, 120, 1, 1).data)""")
+    assert ring[3] > 0, ring                           # drawn on the circle, 10 px right
+    # The photo over the label map, and off again.
+    pg.check("#overlay-photo")
+    assert pg.is_visible("#label-photo") and box(pg, "#label-photo") == lab
+    assert pg.get_attribute("#label-photo", "src") == pg.get_attribute("#result", "src")
+    shot(pg, "editor-1280-overlay.png")
+    pg.keyboard.press("v")
+    assert pg.is_hidden("#label-photo")
+
+    # "copy style from" offers the instances of the picked one's class only.
+    pg.click("#tools button[data-tool='pick']")
+    label, inst = maps(pg)
+    ys, xs = np.nonzero(inst == 24000)
+    pg.mouse.click(*at(pg, int(xs[len(xs) // 2]), int(ys[len(ys) // 2])))
+    settle(pg)
+    assert pg.evaluate("editor.state.selected") == 24000
+    assert pg.evaluate("[...document.querySelectorAll('#copy-from option')].map(o => o.value)") \
+        == ["24001"]
+    # A larger preview of the swatch under the pointer.
+    pg.hover(".swatch[data-k='1']")
+    sw, pv = box(pg, ".swatch[data-k='1'] canvas"), box(pg, "#preview")
+    assert pv["width"] >= 2.5 * sw["width"] - 4, (sw, pv)
+    assert "cluster 1" in pg.inner_text("#preview-caption")
+    lit = pg.evaluate("""Array.from(document.getElementById('preview').getContext('2d')
+                         .getImageData(0, 0, 256, 128).data).filter((v, i) => i % 4 == 3 && v)
+                         .length""")
+    assert lit > 5000, lit
+    ys, xs = np.nonzero(inst == 7)
+    pg.mouse.click(*at(pg, int(xs[0]), int(ys[0])))
+    settle(pg)
+    assert pg.evaluate("document.querySelectorAll('#copy-from option').length") == 0
+    assert pg.is_disabled("#copy")
+
+    # Load asks before discarding the edits: declined, nothing changes; accepted, it loads.
+    edited = maps(pg)
+    asked = []
+    pg.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    pg.click("#load-sample")
+    pg.wait_for_timeout(200)
+    assert asked and "Discard your edits to street_02" in asked[0]
+    assert all(np.array_equal(a, b) for a, b in zip(maps(pg), edited))
+    pg.once("dialog", lambda d: d.accept())
+    pg.click("#load-sample")
+    pg.wait_for_function("editor.state.history.length === 0 && editor.settled()")
+    assert all(np.array_equal(a, b) for a, b in zip(maps(pg), (label0, inst0)))
+
+
 def test_edit_in_the_browser(page, tmp_path):
     pg = page
-    # Load a sample.
+    # Load a sample (the page has no edits: it does not ask).
     pg.select_option("#sample", "street_02")
     pg.click("#load-sample")
     pg.wait_for_function("editor.state.name === 'street_02' && editor.settled()")
@@ -188,6 +302,7 @@ def test_edit_in_the_browser(page, tmp_path):
     Image.fromarray(np.full((256, 512), 200, np.uint8)).save(bad, format="PNG")
     (tmp_path / "bad.png").write_bytes(bad.getvalue())
     pg.set_input_files("#file-label", str(tmp_path / "bad.png"))
+    pg.once("dialog", lambda d: d.accept())           # it has edits: discard them
     pg.click("#load-files")
     pg.wait_for_selector("#error:not([hidden])")
     assert "label id 200 out of range" in pg.inner_text("#error")
@@ -198,8 +313,9 @@ def _render(pg, choices: dict[int, int]) -> np.ndarray:
     data = pg.evaluate("""async (style) => {
         const S = editor.state;
         const q = new URLSearchParams({width: S.W, height: S.H, seed: 0, style});
-        const r = await fetch(`/editor/render?${q}`,
-                              {method: "POST", body: new Blob([S.label, S.inst])});
+        const token = document.querySelector('meta[name="p2phd-token"]').content;
+        const r = await fetch(`/editor/render?${q}`, {method: "POST", headers: {"X-P2PHD-Token": token},
+                                                      body: new Blob([S.label, S.inst])});
         const blob = await r.blob();
         return await new Promise((resolve) => {
             const fr = new FileReader();

@@ -61,7 +61,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
     """The app over one `engine` served as `model_name` version 1, or over a `dataplane` (a model
     repository, several models). The models' Runtimes start with the app (lifespan startup) and
     are closed, after every admitted frame is answered, at shutdown. editor: also serve the
-    editor page at / (editor.py) for the first model, with `samples` (editor.Sample) to load.
+    editor page at / (editor.py) over the served models, with `samples` (editor.Sample) to load.
     access: the Host / Origin / API key checks (access.py) every request passes first; the
     commands always give one (None: an app embedded in a test or another ASGI server).
     grpc_address ("host:port"): also serve the gRPC protocol there (grpc_server.py), over the
@@ -333,9 +333,8 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
     routes += shared_memory_routes(dp.shared_memory, endpoint, read_body)
     if editor:
         from .editor import editor_routes
-        first = dp.model(default_model)
-        routes += editor_routes(first.engine, lambda: dp.model(default_model).running(),
-                                endpoint, read_body, samples or [], max_pixels=max_pixels,
+        routes += editor_routes(dp.model, endpoint, read_body, samples or [],
+                                default=default_model, max_pixels=max_pixels,
                                 frames_done=metrics.frames_done, parse_form=_parse_form)
     def refused(kind: str, status: int) -> None:
         dp.failure(kind)

@@ -1,14 +1,15 @@
 """The editor: the paper's semantic manipulation page (static/) and the endpoints it uses, mounted
 into the serve app (app.py, `create_app(editor=True)`; `p2phd-infer edit`).
 
-    GET  /                                  the page (static/index.html)
-    GET  /static/...                        its script and style sheet
-    GET  /editor/info                       model, classes (names, colours, cluster counts), samples
+    GET  /                                  the page (static/index.html, with this server's token)
+    GET  /static/...                        its ES modules and style sheet
+    GET  /editor/info?model=&version=       model, engine, classes (names, colours, cluster counts,
+                                            thing flags), samples
     GET  /editor/samples/{name}             a sample's maps                       -> raw maps
     POST /editor/decode                     multipart label PNG [+ inst PNG]      -> raw maps
-    POST /editor/render?width=&height=&style=&seed=     raw maps              -> image PNG
-    POST /editor/swatches?width=&height=&id=&style=&seed=   raw maps   -> PNG strip, one crop
-                                                                          per cluster of id's label
+    POST /editor/render?width=&height=&style=&seed=&model=&version=     raw maps  -> image PNG
+    POST /editor/swatches?width=&height=&id=&style=&seed=&model=&version=   raw maps
+                                            -> PNG strip, one crop per cluster of id's label
     POST /editor/png?width=&height=&map=label|inst      raw map            -> id map PNG
 
 Raw maps, both ways: little-endian int32, row-major; the label map then (for two maps) the
@@ -16,8 +17,17 @@ instance map, width x height each (responses say the size in X-Width / X-Height)
 the maps as Int32Arrays and sends exactly those bytes: no JSON arrays, and ids stay exact (a
 browser's canvas decodes PNGs to 8 bits per channel, so the server decodes and encodes id PNGs).
 
+Every POST carries the page's token in the X-P2PHD-Token header (403 without it): a random value
+made when the routes are (once per server start) and written into the page it serves. Another
+site's page cannot read it (the same-origin policy; a DNS-rebinding page is refused by the
+server's Host check), so it cannot drive the editor's calls even where a request of its own would
+reach the server.
+
+Models: `model`/`version` name one the server serves (the page lists them from the repository
+index, POST /v2/repository/index); without them, the server's first model.
+
 Per-instance styles travel in `style` as '#26001=3' (cluster) and '#26002=#26001' (copy) entries
-(styles.py), so every render is a frame of a Runtime of the model.s RuntimePool and batches with
+(styles.py), so every render is a frame of a Runtime of the model's RuntimePool and batches with
 other requests of the same style, as /v1/synthesize's frames do.
 
 Swatches: the instance's neighbourhood (its box, enlarged, a multiple of the stride) is rendered
@@ -28,26 +38,29 @@ edges (they depend only on where ids differ), so each crop is the instance with 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..engines import MAX_INSTANCE_ID, Engine
-from ..errors import InputError, OptionError
+from ..errors import AccessDenied, InputError, OptionError
 from ..image_io import encode_image, read_id_png
-from ..labels import CITYSCAPES_LABELS
+from ..labels import CITYSCAPES_LABELS, CITYSCAPES_THINGS, INSTANCES_PER_CLASS
 from ..styles import instance_style, split_instance_style
 
 STATIC = Path(__file__).resolve().parent / "static"
-# Cityscapes classes with instances (hasInstances in the official label table): person .. bicycle.
-CITYSCAPES_THINGS = frozenset(range(24, 34))
+TOKEN_HEADER = "X-P2PHD-Token"
+TOKEN_SLOT = "{{p2phd-token}}"          # where index.html takes the token
 SWATCH_MIN = 64                 # smallest swatch crop side, pixels (before rounding to the stride)
 # Largest: a big region (the road) is previewed through a window, so K swatches cost about one
 # 512x256 frame, not K.
@@ -73,23 +86,23 @@ def demo_samples() -> list[Sample]:
 
 
 def class_table(engine: Engine) -> list[dict]:
-    """One entry per label id: name, colour, cluster count, whether it takes instances."""
+    """One entry per label id: name, colour, cluster count, whether it takes instances (a thing
+    class: Cityscapes' hasInstances for a model with Cityscapes' names, every class otherwise)."""
     info = engine.info
     names = info.label_names
     features = info.features or {}
+    cityscapes = names is None or all(CITYSCAPES_LABELS.get(i, ("",))[0] == n
+                                      for i, n in names.items())
     out = []
     for i in range(engine.config.label_nc):
-        city = CITYSCAPES_LABELS.get(i)
-        name = (names or {}).get(i) or (city[0] if city and names is None else str(i))
-        # Cityscapes colours where the model's names are Cityscapes' (or it has none).
-        if city is not None and name == city[0]:
-            colour, thing = list(city[1]), i in CITYSCAPES_THINGS
-        else:
-            colour, thing = _colour(i), True
+        city = CITYSCAPES_LABELS.get(i) if cityscapes else None
+        name = (names or {}).get(i) or (city[0] if city else str(i))
+        colour = list(city[1]) if city else _colour(i)
+        thing = i in CITYSCAPES_THINGS if cityscapes else True
         k = int(features[i].shape[0]) if i in features else 0
         out.append({"id": i, "name": name, "colour": colour, "clusters": k,
                     # Object ids are label*1000+k; they must fit a 16-bit instance PNG.
-                    "thing": thing and i * 1000 + 999 <= MAX_INSTANCE_ID})
+                    "thing": thing and (i + 1) * INSTANCES_PER_CLASS - 1 <= MAX_INSTANCE_ID})
     return out
 
 
@@ -100,17 +113,51 @@ def _colour(i: int) -> list[int]:
     return [round(r * 255), round(g * 255), round(b * 255)]
 
 
-def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sample], *,
-                  max_pixels: int | None, frames_done, parse_form) -> list:
-    """Routes for app.py: `backend()` gives the RuntimePool, `endpoint(name)` wraps a handler (errors
-    -> one-line JSON with its status, metrics), `read_body` reads a size-checked body and
-    `parse_form(request, body, limit)` parses it as a multipart form; `frames_done(n)` counts
-    rendered frames."""
-    cfg = engine.config
+def engine_label(engine: Engine) -> str:
+    """What runs the model, for the page's header, from the engine's own description."""
     info = engine.info
+    kind = {"torch": "PyTorch", "openvino": "OpenVINO", "onnx": "ONNX Runtime",
+            "aoti": "AOTInductor", "tensorrt": "TensorRT"}.get(info.backend, info.backend)
+    mode = info.extra.get("mode") if info.backend == "torch" else None
+    return " ".join(str(p) for p in (kind, info.precision, mode, "on", engine.device) if p)
+
+
+def editor_routes(models, endpoint, read_body, samples: list[Sample], *, default: str | None,
+                  max_pixels: int | None, frames_done, parse_form) -> list:
+    """Routes for app.py: `models(name, version)` gives a served model (its `engine`, and
+    `running()` its RuntimePool; NotFound for one the server does not serve), `default` the name
+    used when a call names none, `endpoint(name)` wraps a handler (errors -> one-line JSON with
+    its status, metrics), `read_body` reads a size-checked body and `parse_form(request, body,
+    limit)` parses it as a multipart form; `frames_done(n)` counts rendered frames."""
     by_name = {s.name: s for s in samples}
-    classes = class_table(engine)
-    clusters = {c["id"]: c["clusters"] for c in classes}
+    token = secrets.token_urlsafe(24)
+    page_html = (STATIC / "index.html").read_text(encoding="utf-8")
+    if TOKEN_SLOT not in page_html:
+        raise RuntimeError(f"{STATIC / 'index.html'} has no {TOKEN_SLOT} for the page's token")
+    page_html = page_html.replace(TOKEN_SLOT, token)
+
+    def check_token(request: Request) -> None:
+        given = request.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
+            raise AccessDenied(TOKEN_HEADER, "missing or wrong: editor calls carry the token of "
+                                             "the page this server served (reload the page)")
+
+    def model_of(request: Request):
+        """The served model the call names (model=, version=), refusing one the editor cannot
+        drive: it edits id maps and renders through a generator graph."""
+        q = request.query_params
+        name = q.get("model") or default
+        if name is None:
+            raise OptionError("model", "the server serves no model")
+        m = models(name, q.get("version") or None)
+        cfg, info = m.engine.config, m.engine.info
+        if cfg.label_nc == 0:
+            raise OptionError("model", f"{name!r} takes RGB photos (label_nc 0); the editor "
+                                       f"edits label maps")
+        if info.graph != "generator":
+            raise OptionError("model", f"{name!r} is a {info.graph} graph; the editor renders "
+                                       f"through a generator graph")
+        return m
 
     def size_of(request: Request) -> tuple[int, int]:
         q = request.query_params
@@ -159,9 +206,9 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
                                             f"the label map's {label.shape[1]}x{label.shape[0]}")
         return label, inst
 
-    async def render(label, inst, style, seed) -> list[np.ndarray]:
+    async def render(model, label, inst, style, seed) -> list[np.ndarray]:
         frames = [(label, inst)] if not isinstance(label, list) else list(zip(label, inst))
-        futures = backend().submit(frames, style, seed, ["maps"] * len(frames))
+        futures = model.running().submit(frames, style, seed, ["maps"] * len(frames))
         results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures),
                                        return_exceptions=True)
         for r in results:
@@ -173,18 +220,24 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
     # ------------------------------------------------------------------ handlers
 
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        # Not cached: the token is this server's, and changes when it restarts.
+        return HTMLResponse(page_html, headers={"Cache-Control": "no-store"})
 
     @endpoint("editor")
     async def editor_info(request: Request) -> Response:
+        m = model_of(request)
+        engine = m.engine
+        cfg, info = engine.config, engine.info
         return JSONResponse({
+            "model": m.name, "version": m.version,
             "engine": str(getattr(engine, "path", None) or engine.name),
-            "backend": info.backend, "device": str(engine.device),
+            "engine_label": engine_label(engine),
+            "backend": info.backend, "precision": info.precision, "device": str(engine.device),
             "size": list(info.size) if info.size is not None else None,
             "label_nc": cfg.label_nc, "stride": cfg.stride, "min_size": cfg.min_size,
             "feat_num": cfg.feat_num, "needs_instance_map": cfg.needs_instance_map,
-            "max_instance_id": MAX_INSTANCE_ID, "classes": classes,
-            "samples": [s.name for s in samples]})
+            "max_instance_id": MAX_INSTANCE_ID, "instances_per_class": INSTANCES_PER_CLASS,
+            "classes": class_table(engine), "samples": [s.name for s in samples]})
 
     @endpoint("editor")
     async def sample(request: Request) -> Response:
@@ -197,6 +250,7 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
 
     @endpoint("editor")
     async def decode(request: Request) -> Response:
+        check_token(request)
         body = await read_body(request)
         form = await parse_form(request, body, len(body) + 1)
         try:
@@ -217,17 +271,20 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
 
     @endpoint("editor")
     async def render_image(request: Request) -> Response:
+        check_token(request)
+        model = model_of(request)
         label, inst = await raw_maps(request, 2)
         style, seed = style_of(request)
-        import time
         t0 = time.perf_counter()
-        rgb = (await render(label, inst, style, seed))[0]
+        rgb = (await render(model, label, inst, style, seed))[0]
         ms = (time.perf_counter() - t0) * 1000
         data = await asyncio.to_thread(encode_image, rgb, "png")
         return Response(data, media_type="image/png", headers={"X-Render-Ms": f"{ms:.0f}"})
 
     @endpoint("editor")
     async def swatches(request: Request) -> Response:
+        check_token(request)
+        model = model_of(request)
         label, inst = await raw_maps(request, 2)
         style, seed = style_of(request)
         try:
@@ -235,7 +292,7 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
         except ValueError:
             raise OptionError("id", "the instance id (query parameter id) is a required "
                                     "integer") from None
-        crop, box, fresh, k = swatch_frames(label, inst, iid, style)
+        crop, box, fresh, k = swatch_frames(model.engine, label, inst, iid, style)
         lab_c, inst_c = crop
         rest, own, copies = split_instance_style(style)
         for v in fresh:
@@ -248,21 +305,27 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
             frames_i.append(frame)
             own[v] = j
         text = ",".join(t for t in (rest, instance_style(own, copies)) if t)
-        images = await render(frames_l, frames_i, text, seed)
+        images = await render(model, frames_l, frames_i, text, seed)
         strip = np.concatenate(images, axis=1)
         data = await asyncio.to_thread(encode_image, strip, "png")
         x, y, w, h = box
         return Response(data, media_type="image/png", headers={
             "X-Clusters": str(k), "X-Box": f"{x},{y},{w},{h}"})
 
-    def swatch_frames(label: np.ndarray, inst: np.ndarray, iid: int, style: str | None):
+    def swatch_frames(engine: Engine, label: np.ndarray, inst: np.ndarray, iid: int,
+                      style: str | None):
+        cfg = engine.config
         H, W = label.shape
         where = inst == iid
         if not where.any():
             raise InputError("id", f"instance {iid} is not in the instance map")
         ys, xs = np.nonzero(where)
-        lab = iid // 1000 if iid >= 1000 else int(label[ys[0], xs[0]])
-        k = clusters.get(lab, 0)
+        # An instance's label as styles.py reads it: the class of an object id, the label map's
+        # class under a stuff region.
+        per = INSTANCES_PER_CLASS
+        lab = iid // per if iid >= per else int(label[ys[0], xs[0]])
+        classes = class_table(engine)
+        k = classes[lab]["clusters"] if 0 <= lab < len(classes) else 0
         if k == 0:
             name = classes[lab]["name"] if 0 <= lab < len(classes) else str(lab)
             raise InputError("id", f"instance {iid}: label {name!r} ({lab}) has no feature "
@@ -287,14 +350,15 @@ def editor_routes(engine: Engine, backend, endpoint, read_body, samples: list[Sa
         # entry could name one as a copy source).
         _, own, copies = split_instance_style(style)
         taken = set(np.unique(inst_c).tolist()) | set(own) | set(copies) | set(copies.values())
-        base = lab * 1000 if iid >= 1000 else 0
-        fresh = [v for v in range(base, base + 1000) if v not in taken and v != iid][:k]
+        base = lab * per if iid >= per else 0
+        fresh = [v for v in range(base, base + per) if v not in taken and v != iid][:k]
         if len(fresh) < k:
             raise InputError("id", f"instance {iid}: no free ids left for its swatches")
         return (lab_c, inst_c), (left, top, w, h), fresh, k
 
     @endpoint("editor")
     async def id_png(request: Request) -> Response:
+        check_token(request)
         which = request.query_params.get("map", "")
         if which not in ("label", "inst"):
             raise OptionError("map", f"{which!r}: label or inst")
