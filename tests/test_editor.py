@@ -15,7 +15,7 @@ from p2phd_infer.api import Pix2PixHD
 from p2phd_infer.checkpoint import Checkpoint
 from p2phd_infer.cli import main
 from p2phd_infer.config import ModelConfig
-from p2phd_infer.engines import EngineInfo, TorchEngine
+from p2phd_infer.engines import EngineInfo, TorchEngine, describe_engine
 from p2phd_infer.errors import OptionError
 from p2phd_infer.image_io import read_id_png
 from p2phd_infer.labels import CITYSCAPES_NAMES
@@ -206,7 +206,7 @@ def test_state_changing_calls_need_the_pages_token(client):
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-def test_page_info_and_samples(client):
+def test_page_info_and_samples(client, engine):
     r = client.get("/")
     assert r.status_code == 200 and "editor.js" in r.text
     import re
@@ -223,7 +223,7 @@ def test_page_info_and_samples(client):
     assert [c["id"] for c in info["classes"] if c["thing"]] == list(range(24, 34))
     assert info["instances_per_class"] == 1000
     # Which engine renders, from the engine's own description; the one model, named.
-    assert info["engine_label"] == "PyTorch fp32 plain on cpu"
+    assert info["engine_label"] == describe_engine(engine) == "engine: PyTorch cpu fp32 plain"
     assert (info["model"], info["version"]) == ("p2phd", "1")
     assert info["samples"][0] == "street_01"
     r = client.get("/editor/samples/street_01")

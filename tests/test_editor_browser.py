@@ -130,7 +130,8 @@ def test_layout_and_page_controls(page):
         assert b["x"] + b["width"] <= 1280, b
     # Which engine renders, as the server's engine describes itself; one model, no choice.
     info = pg.evaluate("editor.state.info")
-    assert pg.inner_text("#engine") == info["engine_label"] == "PyTorch fp32 plain on cpu"
+    assert pg.inner_text("#engine") == info["engine_label"]
+    assert info["engine_label"].startswith("engine: PyTorch cpu fp32 plain")    # --mode plain
     assert pg.evaluate("[...document.querySelectorAll('#model-pick option')].map(o => o.text)") \
         == ["p2phd"] and pg.is_disabled("#model-pick")
 

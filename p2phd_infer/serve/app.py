@@ -336,6 +336,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
         routes += editor_routes(dp.model, endpoint, read_body, samples or [],
                                 default=default_model, max_pixels=max_pixels,
                                 frames_done=metrics.frames_done, parse_form=_parse_form)
+
     def refused(kind: str, status: int) -> None:
         dp.failure(kind)
         metrics.observe("refused", status, 0.0)

@@ -52,7 +52,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..engines import MAX_INSTANCE_ID, Engine
+from ..engines import MAX_INSTANCE_ID, Engine, describe_engine
 from ..errors import AccessDenied, InputError, OptionError
 from ..image_io import encode_image, read_id_png
 from ..labels import CITYSCAPES_LABELS, CITYSCAPES_THINGS, INSTANCES_PER_CLASS
@@ -111,15 +111,6 @@ def _colour(i: int) -> list[int]:
     import colorsys
     r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.55 + 0.4 * (i % 2))
     return [round(r * 255), round(g * 255), round(b * 255)]
-
-
-def engine_label(engine: Engine) -> str:
-    """What runs the model, for the page's header, from the engine's own description."""
-    info = engine.info
-    kind = {"torch": "PyTorch", "openvino": "OpenVINO", "onnx": "ONNX Runtime",
-            "aoti": "AOTInductor", "tensorrt": "TensorRT"}.get(info.backend, info.backend)
-    mode = info.extra.get("mode") if info.backend == "torch" else None
-    return " ".join(str(p) for p in (kind, info.precision, mode, "on", engine.device) if p)
 
 
 def editor_routes(models, endpoint, read_body, samples: list[Sample], *, default: str | None,
@@ -231,7 +222,7 @@ def editor_routes(models, endpoint, read_body, samples: list[Sample], *, default
         return JSONResponse({
             "model": m.name, "version": m.version,
             "engine": str(getattr(engine, "path", None) or engine.name),
-            "engine_label": engine_label(engine),
+            "engine_label": describe_engine(engine),
             "backend": info.backend, "precision": info.precision, "device": str(engine.device),
             "size": list(info.size) if info.size is not None else None,
             "label_nc": cfg.label_nc, "stride": cfg.stride, "min_size": cfg.min_size,
