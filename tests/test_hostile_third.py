@@ -259,9 +259,13 @@ def test_editor_decode_reads_a_2_bit_map_as_stored(model):
     from starlette.testclient import TestClient
 
     from p2phd_infer.serve.app import create_app
+    from p2phd_infer.serve.editor import TOKEN_HEADER
     values = np.tile(np.arange(4), (16, 4))                       # holds 3, never 255
     with TestClient(create_app(TorchEngine(model, "cpu"), editor=True)) as client:
-        r = client.post("/editor/decode", files={"label": ("two.png", packed_png(values, 2))})
+        token = re.search(r'<meta name="p2phd-token" content="([^"]+)">',
+                          client.get("/").text).group(1)          # the page's, as editor.js
+        r = client.post("/editor/decode", files={"label": ("two.png", packed_png(values, 2))},
+                        headers={TOKEN_HEADER: token})
     assert r.status_code == 200, r.text
     got = np.frombuffer(r.content, "<i4").reshape(2, 16, 16)
     assert np.array_equal(got[0], values)
