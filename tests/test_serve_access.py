@@ -266,6 +266,19 @@ def test_editor_decode_without_a_boundary_is_400():
         assert r.status_code == 400 and "boundary" in r.json()["error"]
 
 
+def test_a_wildcard_bind_answers_to_the_address_a_connection_came_in_on():
+    from p2phd_infer.serve.access import AccessPolicy
+    p = AccessPolicy.for_bind("0.0.0.0", keys=[KEY])
+    assert p.check_host("10.1.2.3:8000", "10.1.2.3") == "10.1.2.3"
+    assert p.check_host("[::1]:8000", None) == "::1"
+    for host, local in (("evil.example:8000", "10.1.2.3"), ("10.9.9.9", "10.1.2.3"), ("", None)):
+        with pytest.raises(AccessDenied):
+            p.check_host(host, local)
+    with pytest.raises(AccessDenied, match="not valid"):
+        p.check_key("Bearer " + KEY[:-1] + "x")
+    p.check_key("bearer " + KEY)
+
+
 def test_every_fault_has_an_http_and_a_grpc_status():
     table = [(InputError("x", "bad"), 400, "INVALID_ARGUMENT"),
              (NotFound("m", "unknown"), 404, "NOT_FOUND"),

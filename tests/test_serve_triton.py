@@ -5,6 +5,7 @@ batching from config.pbtxt, Triton's metric names; images bit-identical to `run 
 on the same model file. One server for the module (tiny models, 32x32 frames)."""
 from __future__ import annotations
 
+import io
 import re
 import socket
 import time
@@ -193,6 +194,20 @@ def test_repository_index_load_unload_across_two_models(server, repo):
     assert client.is_model_ready("b")
     img = client.infer("b", inputs(*ids(100))).as_numpy("image")
     assert np.array_equal(img[0], ran(repo, "b", 0))
+    # The multipart endpoint picks a model by name too.
+    import urllib.request
+    boundary = "b0undary"
+    png = (repo / "frames" / "test_label" / "f1.png").read_bytes()
+    inst = (repo / "frames" / "test_inst" / "f1.png").read_bytes()
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"'
+                    f'{"; filename=" + chr(34) + n + chr(34) if isinstance(v, bytes) else ""}'
+                    f"\r\n\r\n".encode() + (v if isinstance(v, bytes) else v.encode()) +
+                    b"\r\n" for n, v in (("label", png), ("inst", inst), ("model", "b")))
+    body += f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"http://{server[0]}/v1/synthesize", data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.read()))), ran(repo, "b", 1))
     calls = metric(server[0], "p2phd_batch_size_count", "")
     client.unload_model("a")
     assert not client.is_model_ready("a") and client.is_model_ready("b")

@@ -5,8 +5,9 @@ cross-origin requests (text/plain JSON, multipart forms) without a CORS prefligh
 DNS rebinding (a name of the attacker's that resolves to 127.0.0.1) it can even read the answers.
 So, in this order:
 
-  1. Host: the request's Host header must name the server: the bound address, and for a loopback
-     or wildcard bind the loopback names, plus each --allow-host. A rebinding page's Host is its
+  1. Host: the request's Host header must name the server: the bound address (for a wildcard
+     bind, the address the connection came in on, and the machine's names), for a loopback or
+     wildcard bind the loopback names, plus each --allow-host. A rebinding page's Host is its
      own name, so it is refused (403).
   2. Origin: a request with an Origin (browsers send one on every cross-origin request but
      top-level GETs), or with Sec-Fetch-Site cross-site, is refused (403) unless the Origin is
@@ -112,14 +113,16 @@ class AccessPolicy:
 
     # ------------------------------------------------------------------ checks
 
-    def check_host(self, host_header: str | None) -> str:
-        """The Host header -> its host part, if the server answers to it."""
+    def check_host(self, host_header: str | None, local_address: str | None = None) -> str:
+        """The Host header -> its host part, if the server answers to it. local_address: the
+        address the connection came in on (a wildcard bind answers to each of its addresses;
+        a rebinding page's Host is a name, never that address)."""
         if "*" in self.hosts:
             return _host_only(host_header or "")
         if not host_header:
             raise AccessDenied("Host", "the request has no Host header")
         host = _host_only(host_header)
-        if host not in self.hosts:
+        if host not in self.hosts and host != (local_address or "").lower():
             raise AccessDenied("Host", f"{host_header!r} is not a name of this server (start it "
                                        f"with --allow-host {host} to serve it)")
         return host
@@ -189,7 +192,8 @@ class AccessMiddleware:
         cors = None
         try:
             host = headers.get("host")
-            p.check_host(host)
+            server = scope.get("server")
+            p.check_host(host, server[0] if server else None)
             origin = headers.get("origin")
             if p.check_origin(origin, headers.get("sec-fetch-site"), host or "",
                               scope.get("scheme", "http")):

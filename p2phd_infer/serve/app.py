@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..engines import Engine
-from ..errors import Cancelled, InputError, OptionError, TooLarge
+from ..errors import Cancelled, InputError, OptionError, RuntimeClosed, TooLarge
 from ..image_io import encode_image, read_id_png
 from ..plan import DEFAULT_MAX_PIXELS
 from .access import AccessMiddleware, AccessPolicy
@@ -233,7 +233,12 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
             result.outputs, result.shared)
         return Response(body, headers=headers)
 
-    default_model = dp.names()[0] if dp.names() else None
+    def first_model() -> str:
+        """The model /v1/synthesize uses when the form names none: the first loaded."""
+        names = dp.names()
+        if not names:
+            raise RuntimeClosed("no model is loaded")
+        return names[0]
 
     @endpoint("synthesize")
     async def synthesize(request: Request) -> Response:
@@ -251,7 +256,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
             style = form.get("style") or None
             seed = form.get("seed") or 0
             fmt = str(form.get("format") or "png").lower()
-            model = form.get("model") or default_model
+            model = form.get("model") or first_model()
         finally:
             await form.close()
         if fmt not in ("png", "jpg", "jpeg"):
@@ -334,7 +339,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
     if editor:
         from .editor import editor_routes
         routes += editor_routes(dp.model, endpoint, read_body, samples or [],
-                                default=default_model, max_pixels=max_pixels,
+                                default=first_model(), max_pixels=max_pixels,
                                 frames_done=metrics.frames_done, parse_form=_parse_form)
 
     def refused(kind: str, status: int) -> None:
