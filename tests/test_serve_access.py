@@ -259,10 +259,13 @@ def test_editor_decode_without_a_boundary_is_400():
 
     from p2phd_infer.engines import TorchEngine
     from p2phd_infer.serve.app import create_app
+    from p2phd_infer.serve.editor import TOKEN_HEADER
     engine = TorchEngine(random_checkpoint(TINY, 1), "cpu")
     with TestClient(create_app(engine, editor=True)) as client:
+        token = re.search(r'<meta name="p2phd-token" content="([^"]+)">',
+                          client.get("/").text).group(1)
         r = client.post("/editor/decode", content=b"--x\r\n",
-                        headers={"Content-Type": "multipart/form-data"})
+                        headers={"Content-Type": "multipart/form-data", TOKEN_HEADER: token})
         assert r.status_code == 400 and "boundary" in r.json()["error"]
 
 
