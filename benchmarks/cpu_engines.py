@@ -14,7 +14,7 @@ Rows (batch 1 unless said, random weights: speed does not depend on the values):
                  (engines/openvino.py), f32;
   2 streams      that IR with two frames in flight, one thread each (throughput, not default).
 engine-only: int32 ids already in memory -> float image. end-to-end: label + instance PNG files
--> local_run.synthesize (decode, batch, engine, uint8, PNG encode, atomic write) -> PNG files;
+-> local_run.run_jobs (decode, batch, engine, uint8, PNG encode, atomic write) -> PNG files;
 the official way's end-to-end twin is a serial Pillow loop. PSNR is against the official way's
 fp32 output of the same input ([-1,1], peak 2) for engine-only rows, against the PyTorch row's
 PNGs (8-bit, peak 255) for end-to-end rows (the official tensor2im truncates, `run` rounds).

@@ -4,7 +4,7 @@ published method run the plain PyTorch way.
 
   engine-only  ids already on the device -> engine -> float image (synchronised at the end).
   end-to-end   label + instance PNG files -> Runtime (decode, batch, engine, uint8, encode) ->
-               image files, through the executor `p2phd-infer run` uses (local_run.synthesize
+               image files, through the executor `p2phd-infer run` uses (local_run.run_jobs
                over a plan.Plan of Jobs).
   engines      model.pt as TorchEngine mode="plain" (eager; torch.compile with --compile), on
                CUDA also mode="fast" (the fast path: an error, not a silent fall-back, if it
@@ -46,7 +46,7 @@ from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import TorchEngine, open_engine, resolve_device
 from p2phd_infer.errors import Error
 from p2phd_infer.files import write_atomic
-from p2phd_infer.local_run import synthesize
+from p2phd_infer.local_run import run_jobs
 from p2phd_infer.networks import build_generator
 from p2phd_infer.plan import Job, Plan, RunOptions
 
@@ -358,11 +358,11 @@ def end_to_end(engine, name, precision, frames: list[Frame], out: Path, batch, f
                       quality=quality, progress=False)
     with tf32(precision == "tf32"):
         if warmup:   # the engine-only row warmed the engine at this batch size; this warms the rest
-            warm = synthesize(engine, None, run_plan(frames[:batch], out / "warmup", fmt), opts)
+            warm = run_jobs(engine, None, run_plan(frames[:batch], out / "warmup", fmt), opts)
             if warm.failed:
                 raise RuntimeError(f"{name}: {warm.failures[0]}")
         with PeakMemory(device) as mem:
-            s = synthesize(engine, None, run_plan(frames, out / "timed", fmt), opts)
+            s = run_jobs(engine, None, run_plan(frames, out / "timed", fmt), opts)
     if s.failed:
         raise RuntimeError(f"{name}: {s.failures[0]}")
     files = sum(1 for _ in (out / "timed").glob(f"*.{fmt}"))

@@ -8,7 +8,9 @@
         rgb = p2p(label, inst, instance_styles={26001: 3}, copy_styles={26002: 26001})
 
 A call runs on the caller's thread and current CUDA stream: tensors already on the engine's device
-go in without a copy (int32 ids are used as they are, other integer types are converted there).
+go in without a copy (int32 ids are used as they are, other integer types are converted there;
+host ids travel as uint8 when they are uint8, int32 otherwise). A label_nc 0 model takes its
+input image instead of label ids: uint8 [H,W,3] or [B,H,W,3] (step.py).
 For many frames at once, `p2p.runtime(...)` gives a batched, pipelined Runtime over the same
 engine and style. Styles come from (seed, instance id), so an instance keeps its look in every
 frame; per-instance choices (a cluster index, or "look like that other instance") override it
@@ -22,10 +24,10 @@ import numpy as np
 import torch
 
 from .engines import Engine, open_engine
-from .engines.base import resolve_device
-from .errors import InputError, OptionError
-from .ids import as_ids, check_maps, remap_arrays
+from .errors import OptionError
+from .ids import remap_arrays
 from .runtime import Runtime
+from .step import SynthesisStep
 from .synthesizer import to_uint8
 
 
@@ -75,7 +77,8 @@ class Pix2PixHD:
             open_engine(engine, device, precision=precision, compile=compile, mode=mode)
         self.style = make_style(self.engine, style, seed, style_image, style_instances,
                                 instance_styles, copy_styles)
-        self._call_style: tuple[str, object] | None = None   # the last per-call control
+        self.step = SynthesisStep(self.engine, self.style)
+        self._call_step: tuple[str, SynthesisStep] | None = None   # the last per-call style
         if label_map is not None:
             from .label_map import read_label_map
             label_map = read_label_map(label_map).for_model(self.engine.config.label_nc)
@@ -90,7 +93,7 @@ class Pix2PixHD:
 
     @property
     def device(self) -> torch.device:
-        return resolve_device(self.engine.device)
+        return self.step.device
 
     @property
     def config(self):
@@ -99,7 +102,8 @@ class Pix2PixHD:
     def __call__(self, label, inst=None, *, output: str = "numpy",
                  instance_styles: dict[int, int] | None = None,
                  copy_styles: dict[int, int] | None = None):
-        """label, inst: integer id maps [H,W], [B,H,W] or [B,1,H,W] (numpy or torch). inst may be
+        """label, inst: integer id maps [H,W], [B,H,W] or [B,1,H,W] (numpy or torch); for a
+        label_nc 0 model, label is the input image, uint8 [H,W,3] or [B,H,W,3]. inst may be
         left out for models without instance maps.
 
         instance_styles {instance id: cluster index} and copy_styles {instance id: source id}:
@@ -111,24 +115,13 @@ class Pix2PixHD:
         float [B,3,H,W] in [-1,1] on the device."""
         if output not in ("numpy", "torch", "float"):
             raise OptionError("output", f"must be 'numpy', 'torch' or 'float', not {output!r}")
-        single = _ndim(label) == 2
-        cfg = self.config
         if self.label_map is not None or (self.derive_instances and inst is None):
             label, inst = self._remap(label, inst)
-        label_t = self._ids(label, "label map")
-        inst_t = None
-        if cfg.needs_instance_map:
-            if inst is None:
-                raise InputError("inst", "this model needs an instance map")
-            inst_t = self._ids(inst, "instance map")
-        check_maps(label_t, inst_t, cfg, "label map", inst_name="instance map",
-                   size=self.engine.info.size)
-        label_t = label_t.to(self.device).to(torch.int32)
-        inst_t = label_t if inst_t is None else inst_t.to(self.device).to(torch.int32)
-        style = self._style_for(instance_styles, copy_styles)
+        step = self._step_for(instance_styles, copy_styles)
+        label_t, inst_t, single = step.batch_inputs(label, inst, name="label map",
+                                                    inst_name="instance map")
         with torch.inference_mode():
-            feat = style.feature_map(label_t, inst_t) if style is not None else None
-            image = self.engine.synthesize(label_t, inst_t, feat)
+            image = step(label_t, inst_t)
             if output == "float":
                 return image
             rgb = to_uint8(image)
@@ -136,19 +129,18 @@ class Pix2PixHD:
                 rgb = rgb[0]
             return rgb if output == "torch" else rgb.cpu().numpy()
 
-    synthesize = __call__
-
-    def _style_for(self, instance_styles, copy_styles):
+    def _step_for(self, instance_styles, copy_styles) -> SynthesisStep:
         if instance_styles is None and copy_styles is None:
-            return self.style
+            return self.step
         if self.style is None:
             raise OptionError("instance_styles", "this model takes no instance features "
                                                  "(feat_num 0)")
         from .styles import instance_style
         key = instance_style(instance_styles, copy_styles)
-        if self._call_style is None or self._call_style[0] != key:
-            self._call_style = (key, self.style.with_instances(instance_styles, copy_styles))
-        return self._call_style[1]
+        if self._call_step is None or self._call_step[0] != key:
+            style = self.style.with_instances(instance_styles, copy_styles)
+            self._call_step = (key, self.step.with_style(style))
+        return self._call_step[1]
 
     def runtime(self, **options) -> Runtime:
         """A Runtime (runtime.py) over this engine and style (and label map, and derived
@@ -176,20 +168,3 @@ class Pix2PixHD:
         if inst is None and self.derive_instances and self.config.needs_instance_map:
             inst = np.stack([o[1] for o in out]) if batched else out[0][1]
         return labels, inst
-
-    def _ids(self, x, what: str) -> torch.Tensor:
-        """-> [B,1,H,W] ids: int32 on the host (checked), or as given on the engine's device
-        (widened there; no copy for int32 already there)."""
-        t = as_ids(x, what, what, self.device)
-        if t.dim() == 2:
-            t = t[None, None]
-        elif t.dim() == 3:
-            t = t[:, None]
-        elif t.dim() != 4 or t.shape[1] != 1:
-            raise InputError(what, f"shape {tuple(t.shape)}; expected [H,W], [B,H,W] or "
-                                   f"[B,1,H,W]")
-        return t
-
-
-def _ndim(x) -> int:
-    return x.ndim if isinstance(x, np.ndarray) else x.dim() if isinstance(x, torch.Tensor) else -1

@@ -12,6 +12,9 @@ MAX_FEAT_NUM = 1024
 MAX_DOWNSAMPLE = 8            # halvings of G1 (and G1 + enhancers together), or of E
 MAX_BLOCKS = 64
 MAX_ENHANCERS = 4
+# What a frame's label input is: "ids", a label map of class ids 0..label_nc-1; or "rgb", the
+# input image itself (label_nc 0, the official RGB-input mode).
+INPUT_KINDS = ("ids", "rgb")
 BOUNDS = {                    # field: (min, max)
     "label_nc": (0, MAX_LABEL_NC), "feat_num": (0, MAX_FEAT_NUM), "ngf": (1, MAX_FILTERS),
     "n_downsample_global": (0, MAX_DOWNSAMPLE), "n_blocks_global": (0, MAX_BLOCKS),
@@ -55,6 +58,11 @@ class ModelConfig:
             raise ValueError(f"n_downsample_global {self.n_downsample_global} + "
                              f"{self.enhancers} local enhancers is more than {MAX_DOWNSAMPLE} "
                              f"halvings in all")
+
+    @property
+    def input_kind(self) -> str:
+        """"ids" or "rgb" (INPUT_KINDS): the one place label_nc 0 is read as "RGB input"."""
+        return "rgb" if self.label_nc == 0 else "ids"
 
     @property
     def label_channels(self) -> int:

@@ -28,27 +28,54 @@ def label_range_fault(lo: int, hi: int, label_nc: int) -> str | None:
             f"{label_nc} (ids 0..{label_nc - 1})")
 
 
+# The integer types ids may come in (bool: a mask is ids 0 and 1); anything else is refused by
+# name, before torch would fail on it with its own message.
+ID_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+             torch.uint16, torch.uint32, torch.uint64)
+
+
+def as_tensor(x, what: str, name: str) -> torch.Tensor:
+    """A numpy array or torch tensor -> a dense torch tensor on the CPU or a CUDA device, its
+    values and dtype unchanged (a numpy array in the other byte order is converted, exactly).
+    InputError naming `name`, `what` and the fault for what no engine input can be made of:
+    another type, a sparse or nested layout, a quantized dtype, a meta (or other) device."""
+    if isinstance(x, np.ndarray):
+        if not x.dtype.isnative:        # big-endian data: torch.from_numpy refuses it
+            x = x.astype(x.dtype.newbyteorder("="))
+        if x.dtype.hasobject or x.dtype.fields is not None:
+            raise InputError(name, f"{what} has dtype {x.dtype}; expected a numeric array")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise InputError(name, f"{what}: expected a file path, a numpy array or a torch tensor, "
+                               f"got {type(x).__name__}")
+    if x.is_nested or x.layout != torch.strided:
+        layout = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+        raise InputError(name, f"{what} is a {layout} tensor; give a dense one (.to_dense())")
+    if x.device.type not in ("cpu", "cuda"):
+        raise InputError(name, f"{what} is on device {x.device}; give a CPU or CUDA tensor")
+    if x.is_quantized:
+        raise InputError(name, f"{what} has the quantized dtype {x.dtype}; give plain integers "
+                               f"(.int_repr())")
+    return x.detach()
+
+
 def as_ids(x, what: str, name: str, device: torch.device | None = None) -> torch.Tensor:
     """numpy/torch integer ids, [H,W] or with leading batch/channel dims -> a tensor of the same
     shape: on the host uint8 stays uint8 (a quarter of the bytes to copy to a device; consumers
     widen there) and every other integer type becomes int32 (InputError for ids outside int32:
     they would wrap and merge instances); on `device` (a CUDA device) tensors already there keep
-    their dtype, since a range check there would wait for the device."""
+    their dtype, since a range check there would wait for the device. InputError for what
+    as_tensor refuses and for non-integer dtypes."""
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
             raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
-        if x.dtype in (np.uint32, np.uint64):
+        if x.dtype.type in (np.uint32, np.uint64):
             if x.size and int(x.max()) > INT32_MAX:
                 raise InputError(name, f"{what} holds id {int(x.max())}, outside int32")
             x = x.astype(np.int64)
-        t = torch.from_numpy(np.ascontiguousarray(x))
-    elif isinstance(x, torch.Tensor):
-        if x.is_floating_point() or x.is_complex():
-            raise InputError(name, f"{what} has dtype {x.dtype}; ids must be integers")
-        t = x.detach()
-    else:
-        raise InputError(name, f"{what}: expected a file path, a numpy array or a torch tensor, "
-                               f"got {type(x).__name__}")
+    t = as_tensor(x, what, name)
+    if t.dtype not in ID_DTYPES:
+        raise InputError(name, f"{what} has dtype {t.dtype}; ids must be integers")
     if t.is_cuda and device is not None and device.type == "cuda":
         return t if t.device == device else t.to(device)
     t = t.cpu()
@@ -79,7 +106,7 @@ def check_maps(label: torch.Tensor, inst: torch.Tensor | None, cfg: ModelConfig,
         at = f" (padded to {Wp}x{Hp})" if (Hp, Wp) != (H, W) else ""
         raise InputError(name, f"size {W}x{H}{at}: this engine was built for "
                                f"{size[1]}x{size[0]}")
-    rgb_input = cfg.label_nc == 0
+    rgb_input = cfg.input_kind == "rgb"
     if rgb_input and (not label.is_floating_point() and label.dtype != torch.uint8
                       or label.dim() < 3 or label.shape[-3] != 3):
         raise InputError(name, f"a label_nc 0 model takes an RGB input image [3,H,W], not a "
@@ -148,7 +175,7 @@ def remap_arrays(label, inst, cfg: ModelConfig, name: str, *, label_map=None,
     instance map, one derived (both as host numpy arrays); as given when neither applies. A map
     on a CUDA device is copied to the host for this (the labelling runs on the CPU)."""
     wants_inst = derive_instances and inst is None and cfg.needs_instance_map
-    if cfg.label_nc == 0 or (label_map is None and not wants_inst):
+    if cfg.input_kind == "rgb" or (label_map is None and not wants_inst):
         return label, inst
     arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
     while arr.ndim > 2 and arr.shape[0] == 1:
@@ -174,7 +201,7 @@ def decode_maps(label: str, inst: str | None, cfg: ModelConfig, *, size=None,
     label_ids (palette, label_map, the CARLA table) and the instance map instance_ids (given,
     CARLA's instance camera, or derived with `derive_instances`)."""
     inst_t = None
-    if cfg.label_nc == 0:
+    if cfg.input_kind == "rgb":
         rgb = read_rgb(label, max_pixels)
         label_t = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
         if cfg.needs_instance_map:

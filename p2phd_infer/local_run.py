@@ -17,9 +17,10 @@ from .engines import Engine, describe_engine, open_engine
 from .errors import OptionError, record_of
 from .files import remove_stale_temps
 from .locations import existing, is_uri, join, resolve
-from .plan import (AUTO_INSTANCES, IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan,
+from .plan import (IMAGE_SUFFIXES, Plan, RunOptions, RunSummary, plan,
                    sample_labels)
 from .runtime import Runtime, default_workers
+from .step import RGB, input_kind
 
 COMPARE_FOLDER = "compare"      # run --save-comparison: OUT/compare/<name>.png
 
@@ -34,7 +35,7 @@ def open_run_engine(opts: RunOptions, device=None) -> Engine:
 
 def run_palette(engine: Engine, opts: RunOptions):
     """The palette that reads colour label maps for this run (None when no map can be one)."""
-    if engine.config.label_nc == 0:
+    if input_kind(engine) == RGB:
         if opts.palette is not None or opts.label_format == "color":
             raise OptionError("--palette" if opts.palette else "--label-format",
                               "a label_nc 0 model takes RGB images as they are, not label maps")
@@ -57,7 +58,7 @@ def run_label_map(engine: Engine, opts: RunOptions):
     """--label-map FILE, read and checked against the model's ids (None without one)."""
     if opts.label_map is None:
         return None
-    if engine.config.label_nc == 0:
+    if input_kind(engine) == RGB:
         raise OptionError("--label-map", "a label_nc 0 model takes RGB images, not label maps")
     from .label_map import read_label_map
     return read_label_map(opts.label_map).for_model(engine.config.label_nc)
@@ -74,7 +75,7 @@ def comparison_writer(engine: Engine, jobs: list, opts: RunOptions, palette):
     from .image_io import read_rgb, write_image
     from .palette import colorize, display_table
 
-    table = display_table(engine, palette) if engine.config.label_nc > 0 else None
+    table = display_table(engine, palette) if input_kind(engine) != RGB else None
     by_out = {j.out: j for j in jobs}
     out_root = resolve(opts.out)
     photos = resolve(opts.photos) if opts.photos is not None else None
@@ -113,7 +114,7 @@ def comparison_writer(engine: Engine, jobs: list, opts: RunOptions, palette):
     return write
 
 
-def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
+def run_jobs(engine: Engine, style, todo: Plan, opts: RunOptions,
                on_failure: Callable[[dict], None] | None = None, palette=None,
                label_map=None) -> RunSummary:
     """Run the plan's jobs through a Runtime over `engine`; the summary of what happened."""
@@ -126,13 +127,8 @@ def synthesize(engine: Engine, style, todo: Plan, opts: RunOptions,
     on_written = comparison_writer(engine, todo.jobs, opts, palette) \
         if opts.save_comparison else None
     t0 = time.perf_counter()
-    with Runtime(engine, max_batch_size=opts.batch_size, max_queue_delay_us=opts.max_delay_us,
-                 decode_workers=workers, encode_workers=workers, style=style,
-                 jpeg_quality=opts.quality, max_pixels=opts.max_pixels,
-                 label_format=opts.label_format, palette=palette,
-                 label_map=label_map,
-                 derive_instances=opts.instances == AUTO_INSTANCES,
-                 on_written=on_written) as rt, \
+    with Runtime.from_options(engine, opts, style=style, palette=palette, label_map=label_map,
+                              on_written=on_written) as rt, \
             tqdm(total=len(todo.jobs), unit="frame", desc="synthesize",
                  disable=not opts.progress) as bar:
         for job, result in zip(todo.jobs, rt.map(todo.jobs, return_exceptions=True)):
@@ -160,13 +156,13 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
     palette = run_palette(engine, opts)
     label_map = run_label_map(engine, opts)
     style = make_style(engine, opts.style, opts.seed, opts.style_image, opts.style_instances)
-    todo = plan(opts, images=engine.config.label_nc == 0)
+    todo = plan(opts, images=input_kind(engine) == RGB)
     if not is_uri(opts.out):
         remove_stale_temps(resolve(opts.out))     # left by a killed earlier run
     if opts.format == "mp4":
-        summary = synthesize_videos(engine, style, todo, opts, on_failure, palette, label_map)
+        summary = run_videos(engine, style, todo, opts, on_failure, palette, label_map)
     else:
-        summary = synthesize(engine, style, todo, opts, on_failure, palette, label_map)
+        summary = run_jobs(engine, style, todo, opts, on_failure, palette, label_map)
     summary.settings.update(engine=str(opts.engine or "demo"), device=str(engine.device),
                             precision=engine.info.precision, mode=engine.info.extra.get("mode"),
                             compile=opts.compile, seed=opts.seed, style=opts.style,
@@ -174,7 +170,7 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
     return summary
 
 
-def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
+def run_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
                       on_failure: Callable[[dict], None] | None = None,
                       palette=None, label_map=None) -> RunSummary:
     """`--format mp4`: the plan's frames, grouped by output sub-folder (video.video_of), each
@@ -211,14 +207,10 @@ def synthesize_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
         if on_failure is not None:
             on_failure(record)
 
-    workers = opts.workers or default_workers()
     t0 = time.perf_counter()
     jobs = [j for _, group in videos for j in group]
-    with Runtime(engine, max_batch_size=opts.batch_size, max_queue_delay_us=opts.max_delay_us,
-                 decode_workers=workers, encode_workers=1, style=style,
-                 max_pixels=opts.max_pixels, label_format=opts.label_format,
-                 palette=palette, label_map=label_map,
-                 derive_instances=opts.instances == AUTO_INSTANCES) as rt, \
+    with Runtime.from_options(engine, opts, style=style, palette=palette, label_map=label_map,
+                              encode_workers=1) as rt, \
             tqdm(total=len(jobs), unit="frame", desc="synthesize",
                  disable=not opts.progress) as bar:
         # One ordered stream over every video, so the pipeline stays full across video ends.

@@ -28,11 +28,26 @@ from .errors import JobError, MissingDependency, OptionError, record_of
 from .files import remove_temps_of
 from .locations import existing, resolve
 from .plan import RunOptions, RunSummary, plan
+from .step import RGB
 
 INSTALL_HINT = 'pip install "p2phd-infer[ray]"'
 # A batch that kills its worker this many more times fails the job (no endless restart loop).
 MAX_TASK_RETRIES = 3
 _NO_INST = ""      # Ray Data columns carry strings: "" is "no instance map" (never a float NaN)
+
+
+def run_input_kind(opts: RunOptions) -> str:
+    """The input kind of the run's model (config.INPUT_KINDS) without opening an engine: a
+    model.pt's architecture says; an exported engine takes label ids (graphs are traced with
+    them)."""
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .engines import default_engine_path
+    path = Path(opts.engine) if opts.engine is not None else default_engine_path()
+    if path.suffix.lower() != ".pt" or not path.is_file():
+        return "ids"        # a missing file is the workers' one-line error, as without Ray
+    return load_checkpoint(path).config.input_kind
 
 
 def import_ray():
@@ -54,7 +69,7 @@ class SynthesisWorker:
     def __init__(self, opts: RunOptions, device: str, cpus: float):
         import torch
         from .api import make_style
-        from .local_run import open_run_engine
+        from .local_run import open_run_engine, run_label_map, run_palette
         from .runtime import Runtime
         self.opts = opts
         self.init_error: dict | None = None
@@ -64,11 +79,10 @@ class SynthesisWorker:
             engine = open_run_engine(opts, device)
             style = make_style(engine, opts.style, opts.seed, opts.style_image,
                                opts.style_instances)
-            self.runtime = Runtime(engine, max_batch_size=opts.batch_size,
-                                   max_queue_delay_us=opts.max_delay_us,
-                                   decode_workers=opts.workers, encode_workers=opts.workers,
-                                   style=style, jpeg_quality=opts.quality,
-                                   max_pixels=opts.max_pixels)
+            # The same Runtime as a local run's: label format, palette, label map, instances.
+            self.runtime = Runtime.from_options(engine, opts, style=style,
+                                                palette=run_palette(engine, opts),
+                                                label_map=run_label_map(engine, opts))
         except Exception as e:  # noqa: BLE001 - reported on every row, once by the driver
             record = record_of(e)
             self.init_error = {"file": record["file"],
@@ -137,7 +151,9 @@ def run_on_ray(opts: RunOptions, on_failure=None, worker=SynthesisWorker) -> Run
         style_image=None if opts.style_image is None else resolve(opts.style_image),
         style_instances=None if opts.style_instances is None else resolve(opts.style_instances),
         progress=False)
-    todo = plan(opts)
+    # The driver plans before any worker opens an engine: the model file says whether its
+    # inputs are RGB images (JPEG too) or label maps.
+    todo = plan(opts, images=run_input_kind(opts) == RGB)
     summary = RunSummary(frames=todo.frames, skipped=todo.skipped)
     if not todo.jobs:
         return summary

@@ -35,15 +35,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .engines.base import resolve_device
 from .errors import (EngineError, EngineFault, InputError, OptionError, OutputError, QueueFull,
                      RuntimeClosed)
-from .ids import as_ids, check_maps, decode_maps, remap_arrays
+from .ids import decode_maps, remap_arrays
 from .image_io import LABEL_FORMATS, write_image
-from .labels import label_from_instance
 from .locations import is_uri
 from .plan import DEFAULT_MAX_PIXELS, Job
-from .synthesizer import from_uint8, to_uint8
+from .step import SynthesisStep
+from .synthesizer import to_uint8
 
 
 # Frames decoded by Pillow come as read-only arrays; the ids are only read, never written, so
@@ -110,11 +109,12 @@ class Runtime:
             for rgb in rt.map(zip(labels, insts)):     # numpy uint8 [H,W,3], in order
                 ...
 
-    engine: any Engine (engines.py). style: a StyleControl for features models (None: zeros).
+    engine: any Engine (engines/). style: a StyleControl for features models (None: zeros).
     max_queue_size: requests admitted and not yet finished; past it submit() blocks or raises
-    QueueFull (`block_when_full`). Inputs are file paths or in-memory id maps ([H,W] integer numpy
-    arrays or tensors, CPU or CUDA; device tensors are not range-checked, as that would wait for
-    the device). Do not change an in-memory input until its Future is done.
+    QueueFull (`block_when_full`). Inputs are file paths or in-memory frames of the engine's input
+    kind (step.py): label ids [H,W] of an integer type, or a label_nc 0 model's input image uint8
+    [H,W,3]; numpy or torch, CPU or CUDA (device tensors are not range-checked, as that would wait
+    for the device). Do not change an in-memory input until its Future is done.
     """
 
     def __init__(self, engine, *, max_batch_size: int = 1, max_queue_delay_us: int = 0,
@@ -140,12 +140,10 @@ class Runtime:
         if label_format not in LABEL_FORMATS:
             raise OptionError("label_format", f"{label_format!r}: one of "
                                               f"{', '.join(LABEL_FORMATS)}")
-        if engine.config.label_nc == 0 and engine.info.backend != "torch":
-            raise EngineError(engine.name, f"a label_nc 0 model (RGB input images) runs on the "
-                                           f"PyTorch engine (its model.pt); the {engine.info.backend} "
-                                           f"engine takes label ids only")
         self.engine = engine
         self.cfg = engine.config
+        # The one frames -> image step (step.py); it decides the input kind, ids or RGB.
+        self.step = SynthesisStep(engine, style)
         # File label maps: ids, color (through `palette`) or auto (image_io.read_label_png).
         self.label_format = label_format
         self.palette = palette
@@ -158,7 +156,7 @@ class Runtime:
         # (label: the decoded host map, ids [H,W] or uint8 RGB [3,H,W]); an exception fails that
         # frame. `run --save-comparison` writes its picture here.
         self.on_written = on_written
-        self.device = resolve_device(engine.device)
+        self.device = self.step.device
         info = engine.info
         if info.max_batch is not None:
             max_batch_size = min(max_batch_size, info.max_batch)
@@ -166,7 +164,7 @@ class Runtime:
         self.max_queue_delay_us = max_queue_delay_us
         self.max_queue_size = max_queue_size or max(64, 4 * max_batch_size)
         self.block_when_full = block_when_full
-        self.style = style if self.cfg.feat_num > 0 else None
+        self.style = self.step.style
         self.jpeg_quality = jpeg_quality
         self.max_pixels = max_pixels
         self.stats = RuntimeStats()
@@ -213,6 +211,22 @@ class Runtime:
         self._batcher.start()
         self._completer.start()
         self._resolver.start()
+
+    @classmethod
+    def from_options(cls, engine, options, *, style=None, palette=None, label_map=None,
+                     on_written=None, encode_workers: int | None = None) -> "Runtime":
+        """The Runtime of a run (plan.RunOptions: batch size, queue delay, workers, JPEG quality,
+        pixel limit, label format, --instances auto), for every executor alike. palette and
+        label_map: the run's, made from the engine and the options (local_run.run_palette,
+        run_label_map); encode_workers: default the run's workers."""
+        from .plan import AUTO_INSTANCES
+        workers = options.workers or default_workers()
+        return cls(engine, max_batch_size=options.batch_size,
+                   max_queue_delay_us=options.max_delay_us, decode_workers=workers,
+                   encode_workers=encode_workers or workers, style=style,
+                   jpeg_quality=options.quality, max_pixels=options.max_pixels,
+                   label_format=options.label_format, palette=palette, label_map=label_map,
+                   derive_instances=options.instances == AUTO_INSTANCES, on_written=on_written)
 
     # ------------------------------------------------------------------ public API
 
@@ -383,7 +397,7 @@ class Runtime:
             self._resolve(job, error=error)
 
     def _prepare(self, job: _Job) -> None:
-        """Decode and check one request's id maps; on CUDA, stage host maps in pinned memory."""
+        """Decode and check one request's inputs; on CUDA, stage host maps in pinned memory."""
         cfg = self.cfg
         size = self.engine.info.size
         if isinstance(job.label_src, (str, os.PathLike)):
@@ -398,42 +412,12 @@ class Runtime:
             label_src, inst_src = remap_arrays(job.label_src, job.inst_src, cfg, job.name,
                                                label_map=self.label_map,
                                                derive_instances=self.derive_instances)
-            label = self._as_image(label_src, job.name) if cfg.label_nc == 0 else \
-                self._as_map(label_src, "label map", job.name)
-            inst = None
-            if cfg.needs_instance_map:
-                if inst_src is None:
-                    raise InputError(job.name, "no instance map given (the model needs one)")
-                inst = self._as_map(inst_src, "instance map", job.name)
-            check_maps(label, inst, cfg, job.name, size=size, max_pixels=self.max_pixels)
+            label, inst = self.step.frame_inputs(label_src, inst_src, job.name, self.max_pixels)
         H, W = label.shape[-2:]
         if self._cuda:
             label = self._stage(label, self._label_host_dtype)
             inst = self._stage(inst, torch.int32) if inst is not None else None
         job.label, job.inst, job.size = label, inst, (H, W)
-
-    def _as_map(self, x, what: str, name: str) -> torch.Tensor:
-        """An in-memory id map -> [H,W] (int32 on the host; on the engine's device as given)."""
-        t = as_ids(x, what, name, self.device)
-        while t.dim() > 2 and t.shape[0] == 1:
-            t = t[0]
-        if t.dim() != 2:
-            raise InputError(name, f"{what} has shape {tuple(x.shape)}; expected [H,W]")
-        return t.contiguous()
-
-    def _as_image(self, x, name: str) -> torch.Tensor:
-        """An in-memory input image of a label_nc 0 model, uint8 [H,W,3] (numpy or torch, as
-        image_io.read_rgb gives it) -> uint8 [3,H,W] (host, or on the engine's device as given)."""
-        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 3 or \
-                t.shape[-1] != 3:
-            what = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else \
-                type(x).__name__
-            raise InputError(name, f"a label_nc 0 model takes an RGB image, uint8 [H,W,3], not "
-                                   f"{what}")
-        if t.is_cuda and not self._cuda:
-            t = t.cpu()
-        return t.permute(2, 0, 1).contiguous()
 
     @staticmethod
     def _stage(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -549,47 +533,15 @@ class Runtime:
             fault.__cause__ = error
             self._resolve(j, error=fault)
 
-    def _batch_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """[H,W] maps -> int32 [B,1,H,W]; one map on the device is a view, not a copy."""
-        if len(maps) == 1:
-            return maps[0].to(torch.int32)[None, None]
-        return torch.stack(maps).to(torch.int32)[:, None]
-
-    def _labels_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Label maps -> the batch: int32 [B,1,H,W] ids, or for a label_nc 0 model its uint8 RGB
-        images [B,3,H,W] (converted to float by _synthesize, on the device)."""
-        if self.cfg.label_nc != 0:
-            return self._batch_of(maps)
-        return maps[0][None] if len(maps) == 1 else torch.stack(maps)
-
-    def _synthesize(self, label: torch.Tensor, inst: torch.Tensor | None) -> torch.Tensor:
-        if self.cfg.label_nc == 0:
-            # The official RGB input: x/127.5 - 1, as the training side reads it
-            # (train/datasets.py); the class of each pixel, for styles, from its instance id.
-            B, _, H, W = label.shape
-            label = from_uint8(label)
-            if inst is None:
-                inst = torch.zeros(B, 1, H, W, dtype=torch.int32, device=label.device)
-            classes = label_from_instance(inst)
-        else:
-            inst = label if inst is None else inst
-            classes = label
-        feat = self.style.feature_map(classes, inst) if self.style is not None else None
-        image = self.engine.synthesize(label, inst, feat)
-        B, _, H, W = label.shape
-        if tuple(image.shape) != (B, 3, H, W):
-            raise RuntimeError(f"the engine returned shape {tuple(image.shape)}, expected "
-                               f"{(B, 3, H, W)}")
-        return to_uint8(image)       # on the device: 4x fewer bytes to download than float
-
     def _run_cpu(self, jobs: list[_Job]) -> tuple[np.ndarray, tuple[int, int, int]]:
         """The batch's images and its (input, infer, output) nanoseconds."""
         t0 = time.perf_counter_ns()
-        label = self._labels_of([j.label for j in jobs]).to(self.device)
-        inst = None if jobs[0].inst is None else \
-            self._batch_of([j.inst for j in jobs]).to(self.device)
+        label, inst = self.step.stack([j.label for j in jobs],
+                                      None if jobs[0].inst is None else [j.inst for j in jobs])
+        label = label.to(self.device)
+        inst = None if inst is None else inst.to(self.device)
         t1 = time.perf_counter_ns()
-        image = self._synthesize(label, inst)
+        image = to_uint8(self.step(label, inst))   # on the device: 4x fewer bytes than float
         t2 = time.perf_counter_ns()
         host = image.cpu().numpy()
         return host, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
@@ -613,9 +565,8 @@ class Runtime:
             compute.wait_event(uploaded)
             for t in labels + (insts or []):
                 t.record_stream(compute)   # allocated on h2d (or by the caller), read here
-            label = self._labels_of(labels)
-            inst = None if insts is None else self._batch_of(insts)
-            image = self._synthesize(label, inst)
+            label, inst = self.step.stack(labels, insts)
+            image = to_uint8(self.step(label, inst))
             computed = torch.cuda.Event(enable_timing=True)
             computed.record(compute)
         with torch.cuda.stream(d2h):

@@ -50,6 +50,7 @@ from ..errors import (AccessDenied, Cancelled, EngineFault, Error, InputError, N
                       OptionError, QueueFull, RuntimeClosed, TooLarge)
 from ..ids import as_ids
 from ..plan import DEFAULT_MAX_PIXELS
+from ..step import RGB, input_kind, label_input
 from .kserve import FLOAT_TYPES, INTEGER_TYPES, InferRequest
 from .pool import RuntimePool
 from .shared_memory import SharedMemory
@@ -152,6 +153,7 @@ class ServedModel:
         self.stats = ModelStats(name, version)
         self.pool: RuntimePool | None = None
         cfg = engine.config
+        self.input_kind = input_kind(engine)     # label ids, or a label_nc 0 model's RGB image
         self.inputs = ["label"] + (["inst"] if cfg.needs_instance_map else []) + \
             (["feat"] if cfg.feat_num > 0 else [])
         self.max_batch_size = min(settings.max_batch_size,
@@ -187,13 +189,20 @@ class ServedModel:
 
     def metadata(self, versions: list[str]) -> dict:
         H, W = self._frame_dims()
-        cfg = self.engine.config
-        dims = {"label": [1, H, W], "inst": [1, H, W], "feat": [cfg.feat_num, H, W]}
+        types, dims = self._input_types(H, W)
         platform, backend = self.triton_names()
         return {"name": self.name, "versions": versions, "platform": platform or backend,
-                "inputs": [{"name": n, "datatype": "FP32" if n == "feat" else "INT32",
-                            "shape": [-1, *dims[n]]} for n in self.inputs],
+                "inputs": [{"name": n, "datatype": types[n], "shape": [-1, *dims[n]]}
+                           for n in self.inputs],
                 "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, H, W, 3]}]}
+
+    def _input_types(self, H: int, W: int) -> tuple[dict, dict]:
+        """Each input's KServe datatype and per-frame dims: what the synthesis step takes."""
+        label_type, label_dims = label_input(self.input_kind, H, W)
+        types = {"label": label_type, "inst": "INT32", "feat": "FP32"}
+        dims = {"label": label_dims, "inst": [1, H, W],
+                "feat": [self.engine.config.feat_num, H, W]}
+        return types, dims
 
     def triton_names(self) -> tuple[str, str]:
         return TRITON_NAMES.get(self.engine.info.backend, ("", self.engine.info.backend))
@@ -203,9 +212,8 @@ class ServedModel:
         metadata(): the same inputs, datatypes and per-frame dims (batch dimension left out, as
         Triton does when max_batch_size > 0)."""
         H, W = self._frame_dims()
-        cfg = self.engine.config
         platform, backend = self.triton_names()
-        dims = {"label": [1, H, W], "inst": [1, H, W], "feat": [cfg.feat_num, H, W]}
+        types, dims = self._input_types(H, W)
         device = getattr(self.engine, "device", "cpu")
         gpu = str(device).startswith("cuda")
         group = {"name": self.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1}
@@ -216,7 +224,7 @@ class ServedModel:
             "name": self.name, "platform": platform, "backend": backend,
             "version_policy": {"all": {}},
             "max_batch_size": self.max_batch_size,
-            "input": [{"name": n, "data_type": "TYPE_FP32" if n == "feat" else "TYPE_INT32",
+            "input": [{"name": n, "data_type": "TYPE_" + types[n],
                        "format": "FORMAT_NONE", "dims": dims[n], "optional": n == "feat",
                        "allow_ragged_batch": False, "is_shape_tensor": False}
                       for n in self.inputs],
@@ -373,7 +381,9 @@ class DataPlane:
                 rgb = (await self._wait(pool, [fut], timings, disconnected))[0]
             else:
                 names = ["label"] if frames == 1 else [f"label[{i}]" for i in range(frames)]
-                futures = pool.submit([(label[i, 0], None if inst is None else inst[i, 0])
+                # One frame of the input kind: ids [H,W], or an RGB image [H,W,3].
+                one = (lambda i: label[i]) if m.input_kind == RGB else (lambda i: label[i, 0])
+                futures = pool.submit([(one(i), None if inst is None else inst[i, 0])
                                        for i in range(frames)], style, seed, names)
                 rgb = np.stack(await self._wait(pool, futures, timings, disconnected))
             shared = {out: self._place(request.output_parameters[out], out, rgb)
@@ -420,15 +430,19 @@ class DataPlane:
                                        f"{', '.join(m.inputs)})")
         if "label" not in req.inputs:
             raise InputError("label", "the request has no 'label' input")
-        label = _ids_input(req.inputs["label"], "label")
+        rgb = m.input_kind == RGB
+        label = _rgb_input(req.inputs["label"]) if rgb else \
+            _ids_input(req.inputs["label"], "label")
         if label.shape[0] < 1:
             raise InputError("label", "batch dimension is 0")
         inst = None
         if "inst" in req.inputs:
             inst = _ids_input(req.inputs["inst"], "instance")
-            if inst.shape != label.shape:
+            want = (label.shape[0], 1, *label.shape[1:3]) if rgb else label.shape
+            if inst.shape != tuple(want):
                 raise InputError("inst", f"shape {list(inst.shape)} differs from label's "
-                                         f"{list(label.shape)}")
+                                         f"{list(label.shape)}" +
+                                 (f" (expected {list(want)})" if rgb else ""))
         elif m.engine.config.needs_instance_map:
             raise InputError("inst", "this model needs an instance map input 'inst'")
         outputs = req.outputs or [("image", req.binary_default)]
@@ -616,3 +630,15 @@ def _ids_input(t, what: str) -> np.ndarray:
     # Range-checked here, where the input's name is known (the Runtime names a frame by its
     # label): an INT64 inst of 2**40 is a fault of `inst`.
     return as_ids(a, f"{what} map", t.name).numpy()
+
+
+def _rgb_input(t) -> np.ndarray:
+    """A label_nc 0 model's label input: its RGB input images, UINT8 [batch, H, W, 3]."""
+    if t.datatype != "UINT8":
+        raise InputError(t.name, f"datatype {t.datatype}: this model takes RGB input images, "
+                                 f"UINT8 [batch, H, W, 3]")
+    a = t.array
+    if a.ndim != 4 or a.shape[3] != 3:
+        raise InputError(t.name, f"shape {list(a.shape)}; expected [batch, H, W, 3] (an RGB "
+                                 f"input image per frame)")
+    return a

@@ -26,9 +26,9 @@ from ..api import make_style
 from ..engines import Engine
 from ..engines.base import resolve_device
 from ..errors import EngineFault, InputError, OptionError, QueueFull, RuntimeClosed
-from ..ids import as_ids, check_maps
 from ..runtime import FrameTiming, Runtime
 from ..styles import as_integer
+from ..step import SynthesisStep
 from ..synthesizer import to_uint8
 
 DEFAULT_STYLE = (None, 0)
@@ -71,6 +71,8 @@ class RuntimePool:
         self.engine = engine
         self.shared = SerializedEngine(engine)
         self.cfg = engine.config
+        # The feature-map path's step (no style: the request brings its feature map).
+        self.step = SynthesisStep(self.shared)
         self.max_batch_size = min(max_batch_size, engine.info.max_batch or max_batch_size)
         self.max_delay_us = max_delay_us
         self.max_queue = max_queue
@@ -223,12 +225,8 @@ class RuntimePool:
 
     def _run_with_features(self, label, inst, feat, name, t_submit: int):
         cfg = self.cfg
-        label_t = as_ids(label, "label map", "label")
-        inst_t = as_ids(inst, "instance map", "inst") if inst is not None else None
-        if cfg.needs_instance_map and inst_t is None:
-            raise InputError("inst", "this model needs an instance map")
-        check_maps(label_t, inst_t, cfg, "label", inst_name="inst", size=self.engine.info.size,
-                   max_pixels=self.max_pixels)
+        label_t, inst_t, _ = self.step.batch_inputs(label, inst, name="label", inst_name="inst",
+                                                    max_pixels=self.max_pixels)
         B, _, H, W = label_t.shape
         if tuple(feat.shape) != (B, cfg.feat_num, H, W):
             raise InputError("feat", f"shape {list(feat.shape)}; expected "
@@ -236,18 +234,13 @@ class RuntimePool:
         feat_t = torch.from_numpy(np.array(feat, dtype=np.float32))
         if not torch.isfinite(feat_t).all():
             raise InputError("feat", "holds NaN or infinite values")
-        dev = resolve_device(self.engine.device)
         t0 = time.perf_counter_ns()
-        label_t = label_t.to(dev).to(torch.int32)
-        inst_t = label_t if inst_t is None else inst_t.to(dev).to(torch.int32)
-        feat_t = feat_t.to(dev)
+        label_t, feat_t = label_t.to(self.step.device), feat_t.to(self.step.device)
+        inst_t = None if inst_t is None else inst_t.to(self.step.device)
         t1 = time.perf_counter_ns()
         try:
             with torch.inference_mode():
-                image = self.shared.synthesize(label_t, inst_t, feat_t)
-                if tuple(image.shape) != (B, 3, H, W):
-                    raise RuntimeError(f"the engine returned shape {tuple(image.shape)}")
-                image = to_uint8(image)
+                image = to_uint8(self.step(label_t, inst_t, feat_t))
                 t2 = time.perf_counter_ns()
                 rgb = image.cpu().numpy()
         except Exception as e:  # noqa: BLE001 - the engine failed this request only
