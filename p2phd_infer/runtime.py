@@ -1,14 +1,15 @@
-"""The runtime: batched, pipelined synthesis that keeps the engine busy.
+"""The runtime: the executor of the batching policy (batching.py) and of the synthesis step
+(step.py): threads, CUDA streams and pinned staging that keep the engine busy.
 
     submit() ─▶ decode pool ─▶ ready list ─▶ batcher ─▶ H2D stream ─▶ compute stream ─▶ D2H stream
                 (PNG -> ids,                 (same-size    (pinned      (features, engine,  (pinned
                  checks, pin)                 frames)       host)        uint8 on device)    host)
              ─▶ completer (waits for the D2H event) ─▶ encode pool (PNG/JPEG, atomic write) ─▶ Future
 
-Batching follows Triton Inference Server's dynamic batcher: a batch is sent once it holds
-`max_batch_size` requests, or once its oldest request has waited `max_queue_delay_us`; only frames
-of one size batch together. The batcher takes an in-flight slot before it forms a batch, so while
-the engine is busy requests pile up and the next batch comes out full.
+Which requests form a batch and when is the policy's (Triton Inference Server's dynamic batcher:
+full at `max_batch_size`, or due once its oldest request has waited `max_queue_delay_us`; one
+frame size per batch). The batcher thread takes an in-flight slot before it asks the policy, so
+while the engine is busy requests pile up and the next batch comes out full.
 
 On CUDA the three streams let batch k+1's upload and batch k-1's download overlap batch k's
 compute. Host staging memory is pinned through PyTorch's caching host allocator: it records the
@@ -35,6 +36,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from .batching import BatchPolicy
 from .errors import (EngineError, EngineFault, InputError, OptionError, OutputError, QueueFull,
                      RuntimeClosed)
 from .ids import decode_maps, remap_arrays
@@ -61,7 +63,7 @@ def default_workers() -> int:
 
 
 @dataclass(eq=False)
-class _Job:
+class _Request:
     seq: int
     future: Future
     name: str                         # what error messages call this request
@@ -162,6 +164,7 @@ class Runtime:
             max_batch_size = min(max_batch_size, info.max_batch)
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
+        self.policy = BatchPolicy(max_batch_size, max_queue_delay_us)
         self.max_queue_size = max_queue_size or max(64, 4 * max_batch_size)
         self.block_when_full = block_when_full
         self.style = self.step.style
@@ -180,8 +183,8 @@ class Runtime:
         self._flush_seq = -1                             # requests up to this seq are due now
         self._inflight = 0                               # admitted, Future not yet done
         self._pending_decode = 0
-        self._ready: list[_Job] = []
-        self._undispatched: dict[int, _Job] = {}
+        self._ready: list[_Request] = []
+        self._undispatched: dict[int, _Request] = {}
         self._seq = itertools.count()
 
         # Up to this many batches between "sent to the engine" and "result on the host": enough
@@ -264,14 +267,14 @@ class Runtime:
                 if self._closed:
                     raise RuntimeClosed(self._dead or "the runtime is closed")
             seq = next(self._seq)
-            job = _Job(seq, fut, name or f"frame #{seq}", label, inst,
+            req = _Request(seq, fut, name or f"frame #{seq}", label, inst,
                        str(out) if out is not None else None, caller_event,
                        t_submit=time.perf_counter_ns())
             self._inflight += 1
             self._pending_decode += 1
-            self._undispatched[seq] = job
-            self._decode_pool.submit(self._decode, job)
-        fut.add_done_callback(lambda _f, job=job: self._release(job))    # cancellations
+            self._undispatched[seq] = req
+            self._decode_pool.submit(self._decode, req)
+        fut.add_done_callback(lambda _f, req=req: self._release(req))    # cancellations
         return fut
 
     def flush(self) -> None:
@@ -315,8 +318,8 @@ class Runtime:
             self._space.notify_all()
             self._work.notify_all()
             doomed = list(self._undispatched.values()) if cancel else []
-        for job in doomed:
-            job.future.cancel()
+        for req in doomed:
+            req.future.cancel()
         # Decode tasks of cancelled requests still run (and skip the work), so the count of
         # pending decodes reaches zero and the batcher knows no more input will come.
         self._decode_pool.shutdown(wait=True)
@@ -343,19 +346,19 @@ class Runtime:
 
     # ------------------------------------------------------------------ decode stage
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, req: _Request) -> None:
         """Give back the request's queue slot, once."""
         with self._lock:
-            if job.released:
+            if req.released:
                 return
-            job.released = True
+            req.released = True
             self._inflight -= 1
             self._space.notify()
 
-    def _resolve(self, job: _Job, result=None, error: BaseException | None = None) -> None:
+    def _resolve(self, req: _Request, result=None, error: BaseException | None = None) -> None:
         """The request is done: free its slot now, resolve its Future on the results thread."""
-        self._release(job)
-        self._results.put((job.future, result, error))
+        self._release(req)
+        self._results.put((req.future, result, error))
 
     def _resolve_loop(self) -> None:
         while True:
@@ -373,51 +376,51 @@ class Runtime:
             except Exception:  # noqa: BLE001 - cancelled meanwhile; a callback's own error
                 pass
 
-    def _decode(self, job: _Job) -> None:
+    def _decode(self, req: _Request) -> None:
         error = None
-        if not job.future.cancelled():
+        if not req.future.cancelled():
             try:
-                self._prepare(job)
+                self._prepare(req)
             except InputError as e:
                 error = e
             except Exception as e:  # noqa: BLE001 - whatever broke, it broke for this request only
-                error = InputError(job.name, f"could not be read ({e.__class__.__name__}: {e})")
-        ok = error is None and not job.future.cancelled()
+                error = InputError(req.name, f"could not be read ({e.__class__.__name__}: {e})")
+        ok = error is None and not req.future.cancelled()
         with self._lock:
             self._pending_decode -= 1
             if ok and self._dead is not None:
                 ok, error = False, RuntimeClosed(self._dead)
             if ok:
-                job.t_ready = time.monotonic()
-                self._ready.append(job)
+                req.t_ready = time.monotonic()
+                self._ready.append(req)
             else:
-                self._undispatched.pop(job.seq, None)
+                self._undispatched.pop(req.seq, None)
             self._work.notify_all()
-        if error is not None and job.future.set_running_or_notify_cancel():
-            self._resolve(job, error=error)
+        if error is not None and req.future.set_running_or_notify_cancel():
+            self._resolve(req, error=error)
 
-    def _prepare(self, job: _Job) -> None:
+    def _prepare(self, req: _Request) -> None:
         """Decode and check one request's inputs; on CUDA, stage host maps in pinned memory."""
         cfg = self.cfg
         size = self.engine.info.size
-        if isinstance(job.label_src, (str, os.PathLike)):
-            if job.inst_src is not None and not isinstance(job.inst_src, (str, os.PathLike)):
-                raise InputError(job.name, "a label file needs an instance file, not an array")
-            label, inst = decode_maps(str(job.label_src), None if job.inst_src is None else
-                                      str(job.inst_src), cfg, size=size,
+        if isinstance(req.label_src, (str, os.PathLike)):
+            if req.inst_src is not None and not isinstance(req.inst_src, (str, os.PathLike)):
+                raise InputError(req.name, "a label file needs an instance file, not an array")
+            label, inst = decode_maps(str(req.label_src), None if req.inst_src is None else
+                                      str(req.inst_src), cfg, size=size,
                                       max_pixels=self.max_pixels, label_format=self.label_format,
                                       palette=self.palette, label_map=self.label_map,
                                       derive_instances=self.derive_instances)
         else:
-            label_src, inst_src = remap_arrays(job.label_src, job.inst_src, cfg, job.name,
+            label_src, inst_src = remap_arrays(req.label_src, req.inst_src, cfg, req.name,
                                                label_map=self.label_map,
                                                derive_instances=self.derive_instances)
-            label, inst = self.step.frame_inputs(label_src, inst_src, job.name, self.max_pixels)
+            label, inst = self.step.frame_inputs(label_src, inst_src, req.name, self.max_pixels)
         H, W = label.shape[-2:]
         if self._cuda:
             label = self._stage(label, self._label_host_dtype)
             inst = self._stage(inst, torch.int32) if inst is not None else None
-        job.label, job.inst, job.size = label, inst, (H, W)
+        req.label, req.inst, req.size = label, inst, (H, W)
 
     @staticmethod
     def _stage(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -429,10 +432,9 @@ class Runtime:
 
     # ------------------------------------------------------------------ batcher
 
-    def _next_batch(self) -> list[_Job] | None:
-        """Block until a batch is due (full, its oldest request's delay spent, or no more input
-        can come); None when closed and drained."""
-        delay = self.max_queue_delay_us / 1e6
+    def _next_batch(self) -> list[_Request] | None:
+        """Block until the batching policy (batching.py) sends a batch; None when closed and
+        drained."""
         with self._lock:
             while True:
                 if any(j.future.cancelled() for j in self._ready):
@@ -440,20 +442,18 @@ class Runtime:
                         if j.future.cancelled():
                             self._undispatched.pop(j.seq, None)
                     self._ready = [j for j in self._ready if not j.future.cancelled()]
+                drained = self._closed and self._pending_decode == 0
                 if self._ready:
-                    oldest = self._ready[0]
-                    batch = [j for j in self._ready if j.size == oldest.size][:self.max_batch_size]
-                    now = time.monotonic()
-                    drained = self._closed and self._pending_decode == 0
-                    if (len(batch) >= self.max_batch_size or now >= oldest.t_ready + delay
-                            or drained or oldest.seq <= self._flush_seq):
-                        chosen = set(map(id, batch))
+                    decision = self.policy.next_batch(self._ready, time.monotonic(),
+                                                      drained=drained, flush_seq=self._flush_seq)
+                    if decision.batch:
+                        chosen = set(map(id, decision.batch))
                         self._ready = [j for j in self._ready if id(j) not in chosen]
-                        for j in batch:
+                        for j in decision.batch:
                             self._undispatched.pop(j.seq, None)
-                        return batch
-                    self._work.wait(oldest.t_ready + delay - now)
-                elif self._closed and self._pending_decode == 0:
+                        return decision.batch
+                    self._work.wait(decision.wake_at - time.monotonic())
+                elif drained:
                     return None
                 else:
                     self._work.wait()
@@ -485,59 +485,59 @@ class Runtime:
             self._undispatched.clear()
             self._space.notify_all()
             self._work.notify_all()
-        for job in doomed:
+        for req in doomed:
             try:
-                running = job.future.set_running_or_notify_cancel()
+                running = req.future.set_running_or_notify_cancel()
             except RuntimeError:        # already failed by its own decode error
                 continue
             if running:
-                self._resolve(job, error=RuntimeClosed(why))
+                self._resolve(req, error=RuntimeClosed(why))
             else:
-                self._release(job)
+                self._release(req)
 
-    def _dispatch(self, batch: list[_Job]) -> None:
-        jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]
+    def _dispatch(self, batch: list[_Request]) -> None:
+        reqs = [j for j in batch if j.future.set_running_or_notify_cancel()]
         for j in batch:
-            if j not in jobs:
+            if j not in reqs:
                 self._release(j)
-        if not jobs:
+        if not reqs:
             self._slots.release()
             return
         batch = next(_batch_numbers)
         self.stats.batches += 1
-        self.stats.frames += len(jobs)
-        self.stats.batch_sizes[len(jobs)] += 1
+        self.stats.frames += len(reqs)
+        self.stats.batch_sizes[len(reqs)] += 1
         t_start = time.perf_counter_ns()
         try:
             with torch.inference_mode():
                 if self._cuda:
-                    host, event = self._run_cuda(jobs)
+                    host, event = self._run_cuda(reqs)
                     clock = (batch, t_start, None)       # phases read from the events later
                 else:
-                    host, phases = self._run_cpu(jobs)
+                    host, phases = self._run_cpu(reqs)
                     event, clock = None, (batch, t_start, phases)
         except Exception as e:  # noqa: BLE001 - an engine fault fails its batch, not the runtime
             self._slots.release()
-            self._fail(jobs, e)
+            self._fail(reqs, e)
             return
         except BaseException as e:  # KeyboardInterrupt in the engine: this batch, then the rest
             self._slots.release()
-            self._fail(jobs, e)
+            self._fail(reqs, e)
             raise
-        self._completions.put((jobs, host, event, clock))
+        self._completions.put((reqs, host, event, clock))
 
-    def _fail(self, jobs: list[_Job], error: BaseException) -> None:
+    def _fail(self, reqs: list[_Request], error: BaseException) -> None:
         self.stats.failed_batches += 1
-        for j in jobs:
-            fault = EngineFault(j.name, error, len(jobs))
+        for j in reqs:
+            fault = EngineFault(j.name, error, len(reqs))
             fault.__cause__ = error
             self._resolve(j, error=fault)
 
-    def _run_cpu(self, jobs: list[_Job]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    def _run_cpu(self, reqs: list[_Request]) -> tuple[np.ndarray, tuple[int, int, int]]:
         """The batch's images and its (input, infer, output) nanoseconds."""
         t0 = time.perf_counter_ns()
-        label, inst = self.step.stack([j.label for j in jobs],
-                                      None if jobs[0].inst is None else [j.inst for j in jobs])
+        label, inst = self.step.stack([j.label for j in reqs],
+                                      None if reqs[0].inst is None else [j.inst for j in reqs])
         label = label.to(self.device)
         inst = None if inst is None else inst.to(self.device)
         t1 = time.perf_counter_ns()
@@ -546,19 +546,19 @@ class Runtime:
         host = image.cpu().numpy()
         return host, (t1 - t0, t2 - t1, time.perf_counter_ns() - t2)
 
-    def _run_cuda(self, jobs: list[_Job]):
+    def _run_cuda(self, reqs: list[_Request]):
         """Queue upload, compute and download of one batch on their streams; nothing waits here.
         Returns the pinned host result and the event that marks it complete."""
         h2d, compute, d2h = self._h2d, self._compute, self._d2h
-        for j in jobs:
+        for j in reqs:
             if j.caller_event is not None:
                 h2d.wait_event(j.caller_event)
         began = torch.cuda.Event(enable_timing=True)
         began.record(h2d)
         with torch.cuda.stream(h2d):
-            labels = [j.label.to(self.device, non_blocking=True) for j in jobs]
-            insts = None if jobs[0].inst is None else \
-                [j.inst.to(self.device, non_blocking=True) for j in jobs]
+            labels = [j.label.to(self.device, non_blocking=True) for j in reqs]
+            insts = None if reqs[0].inst is None else \
+                [j.inst.to(self.device, non_blocking=True) for j in reqs]
             uploaded = torch.cuda.Event(enable_timing=True)
             uploaded.record(h2d)
         with torch.cuda.stream(compute):
@@ -585,7 +585,7 @@ class Runtime:
             item = self._completions.get()
             if item is None:
                 return
-            jobs, host, event, (batch, t_start, phases) = item
+            reqs, host, event, (batch, t_start, phases) = item
             try:
                 if event is not None:
                     began, uploaded, computed, downloaded = event
@@ -598,31 +598,31 @@ class Runtime:
                                     (computed, downloaded)))
             except Exception as e:  # noqa: BLE001 - an asynchronous device error
                 self._slots.release()
-                self._fail(jobs, e)
+                self._fail(reqs, e)
                 continue
             self._slots.release()
-            for j in jobs:
-                j.future.timing = FrameTiming(batch, len(jobs), t_start - j.t_submit, *phases)
-            for j, rgb in zip(jobs, host):
+            for j in reqs:
+                j.future.timing = FrameTiming(batch, len(reqs), t_start - j.t_submit, *phases)
+            for j, rgb in zip(reqs, host):
                 if j.out is None:
                     self._resolve(j, rgb)
                 else:
                     self._encode_pool.submit(self._encode, j, rgb)
 
-    def _encode(self, job: _Job, rgb: np.ndarray) -> None:
+    def _encode(self, req: _Request, rgb: np.ndarray) -> None:
         try:
-            write_image(job.out, rgb, self.jpeg_quality)
+            write_image(req.out, rgb, self.jpeg_quality)
         except Exception as e:  # noqa: BLE001 - disk full, permissions: this output only
-            self._resolve(job, error=e if isinstance(e, OutputError) else OutputError(job.out, e))
+            self._resolve(req, error=e if isinstance(e, OutputError) else OutputError(req.out, e))
             return
         try:
             if self.on_written is not None:
-                self.on_written(job.out, job.label, rgb)
+                self.on_written(req.out, req.label, rgb)
         except Exception as e:  # noqa: BLE001 - that frame's extra output only
-            self._resolve(job, error=e if isinstance(e, (InputError, OutputError)) else
-                          OutputError(job.out, e))
+            self._resolve(req, error=e if isinstance(e, (InputError, OutputError)) else
+                          OutputError(req.out, e))
         else:
-            self._resolve(job, job.out if is_uri(job.out) else Path(job.out))
+            self._resolve(req, req.out if is_uri(req.out) else Path(req.out))
 
 
 def _outcome(fut: Future, return_exceptions: bool):

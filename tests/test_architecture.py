@@ -16,7 +16,8 @@ BOTTOM = ["labels", "errors"]
 MODEL = ["config", "networks", "checkpoint", "official", "instance_features", "label_names",
          "synthesizer", "styles", "ids", "image_io", "files", "locations", "palette", "sim",
          "label_map", "devices"]
-RUNTIME = ["runtime", "step", "plan", "api", "local_run", "ray_run", "serve", "video", "evaluate"]
+RUNTIME = ["runtime", "batching", "step", "plan", "api", "local_run", "ray_run", "serve",
+           "video", "evaluate"]
 
 
 def layer(module: str) -> tuple[int, str]:
