@@ -118,7 +118,7 @@ def test_instance_choice_and_copy_in_the_feature_map():
 @pytest.fixture(scope="module")
 def demo():
     """The bundled demo model (trained: instance looks are local, unlike random weights')."""
-    return Pix2PixHD(None, device="cpu", seed=1)
+    return Pix2PixHD(None, device="cpu", seed=1, mode="plain")     # PyTorch: no conversion
 
 
 def test_api_instance_styles_change_that_instance_only(demo, engine):

@@ -12,12 +12,15 @@ import base64
 import io
 import os
 import shutil
+import threading
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import cli_server
+from helpers import cli_server, free_port, random_checkpoint
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="Playwright for Python is not installed "
@@ -48,23 +51,36 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu"])
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
-            # The size the editor is laid out for: label map and photo side by side.
-            pg = browser.new_page(viewport={"width": 1280, "height": 900},
-                                  accept_downloads=True)
-            errors: list[str] = []
-            pg.on("pageerror", lambda e: errors.append(str(e)))
-            pg.goto(server + "/")
-            pg.wait_for_function("window.editor && editor.state.renders > 0 && editor.settled()",
-                                 timeout=60_000)
-            yield pg
-            assert not errors, errors
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+@contextmanager
+def opened(browser, url: str):
+    """A page of the editor at `url`, once it has rendered; no script error while it is open."""
+    # The size the editor is laid out for: label map and photo side by side.
+    pg = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(url + "/")
+        pg.wait_for_function("window.editor && editor.state.renders > 0 && editor.settled()",
+                             timeout=60_000)
+        yield pg
+        assert not errors, errors
+    finally:
+        pg.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    with opened(browser, server) as pg:
+        yield pg
 
 
 def settle(pg, timeout_ms: int = 60_000) -> None:
@@ -325,3 +341,71 @@ def _render(pg, choices: dict[int, int]) -> np.ndarray:
         });
     }""", ",".join(f"#{i}={k}" for i, k in choices.items()))
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")).astype(int)
+
+
+@contextmanager
+def in_process_server(app):
+    """`app` on uvicorn in a thread, on a free loopback port: its URL."""
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_the_model_picker_renders_through_the_chosen_model(browser, tmp_path):
+    """A server with two models (a model repository): the page lists them from the repository
+    index and renders through the one chosen; without the index, it offers the one model
+    /editor/info names."""
+    from p2phd_infer.api import Pix2PixHD
+    from p2phd_infer.config import ModelConfig
+    from p2phd_infer.engines import TorchEngine
+    from p2phd_infer.labels import CITYSCAPES_NAMES
+    from p2phd_infer.serve.app import create_app
+    from p2phd_infer.serve.dataplane import DataPlane, ModelSettings, ServedModel
+    from p2phd_infer.serve.editor import Sample
+    tiny = dict(netG="global", ngf=4, n_downsample_global=1, n_blocks_global=1)
+    street = TorchEngine(random_checkpoint(ModelConfig(label_nc=35, **tiny), seed=1, std=0.2),
+                         "cpu")
+    street.info.label_names = CITYSCAPES_NAMES
+    small = TorchEngine(random_checkpoint(ModelConfig(label_nc=12, **tiny), seed=2, std=0.2),
+                        "cpu")
+    label = np.full((64, 96), 7, np.uint8)
+    label[:20] = 11
+    label[40:, 50:] = 8
+    Image.fromarray(label).save(tmp_path / "scene.png")
+    settings = ModelSettings(max_batch_size=4)
+    dp = DataPlane([ServedModel("street", "1", street, settings),
+                    ServedModel("small", "3", small, settings)])
+    app = create_app(dataplane=dp, editor=True, samples=[Sample("scene", tmp_path / "scene.png")])
+    options = "[...document.querySelectorAll('#model-pick option')].map(o => o.text)"
+    with in_process_server(app) as url, opened(browser, url) as pg:
+        # The repository index (sorted by name); the server's first model is the one shown.
+        assert pg.evaluate(options) == ["small", "street"]
+        assert not pg.is_disabled("#model-pick") and pg.input_value("#model-pick") == "0"
+        assert pg.evaluate("[editor.state.info.model, editor.state.info.version, "
+                           "editor.state.info.classes.length]") == ["small", "3", 12]
+        lab, inst = maps(pg)
+        assert np.array_equal(image(pg), Pix2PixHD(small)(lab, inst))
+        pg.select_option("#model-pick", label="street")
+        pg.wait_for_function("editor.state.info.model === 'street' && editor.settled() && "
+                             "editor.state.renders > 1")
+        assert pg.locator("#classes li").count() == 35
+        assert pg.inner_text("#classes li[data-id='26'] .thing") == "\u25c6"
+        assert "street version 1" in pg.get_attribute("#engine", "title")
+        assert np.array_equal(image(pg), Pix2PixHD(street)(lab, inst))
+        # A server without the repository extension: the one model, nothing to choose.
+        pg.route("**/v2/repository/index", lambda r: r.fulfill(
+            status=404, content_type="application/json", body='{"error": "not found"}'))
+        pg.reload()
+        pg.wait_for_function("window.editor && editor.state.renders > 0 && editor.settled()")
+        assert pg.evaluate(options) == ["small"] and pg.is_disabled("#model-pick")
