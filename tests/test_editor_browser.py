@@ -150,6 +150,13 @@ def test_layout_and_page_controls(page):
     assert info["engine_label"].startswith("engine: PyTorch cpu fp32 plain")    # --mode plain
     assert pg.evaluate("[...document.querySelectorAll('#model-pick option')].map(o => o.text)") \
         == ["p2phd"] and pg.is_disabled("#model-pick")
+    assert pg.evaluate("editor.state.modelsFrom") == "index"   # same-origin POST: allowed
+    # A POST without the page's token is refused, in one line.
+    status, text = pg.evaluate("""async () => {
+        const r = await fetch('/editor/png?width=1&height=1&map=label',
+                              {method: 'POST', body: new Uint8Array(4)});
+        return [r.status, await r.text()]; }""")
+    assert status == 403 and "X-P2PHD-Token" in text and "\n" not in text, (status, text)
 
     # Object classes are marked; with Add object, a stuff class is refused at the press, before
     # any drag, and the error does not move the canvas.
@@ -391,6 +398,7 @@ def test_the_model_picker_renders_through_the_chosen_model(browser, tmp_path):
     with in_process_server(app) as url, opened(browser, url) as pg:
         # The repository index (sorted by name); the server's first model is the one shown.
         assert pg.evaluate(options) == ["small", "street"]
+        assert pg.evaluate("editor.state.modelsFrom") == "index"
         assert not pg.is_disabled("#model-pick") and pg.input_value("#model-pick") == "0"
         assert pg.evaluate("[editor.state.info.model, editor.state.info.version, "
                            "editor.state.info.classes.length]") == ["small", "3", 12]
@@ -409,3 +417,4 @@ def test_the_model_picker_renders_through_the_chosen_model(browser, tmp_path):
         pg.reload()
         pg.wait_for_function("window.editor && editor.state.renders > 0 && editor.settled()")
         assert pg.evaluate(options) == ["small"] and pg.is_disabled("#model-pick")
+        assert pg.evaluate("editor.state.modelsFrom") == "info"

@@ -85,6 +85,7 @@ async function scheduleRender() {
         S.renderedVersion = version;
         showError(e.message);
         $("status").textContent = "render failed";
+        refreshModels();                                  // the model may have gone
       }
     } while (S.dirty);
   } finally {
@@ -247,35 +248,43 @@ async function downloadMap(which) {
 // ------------------------------------------------------------------ models
 
 // The server's ready models, from the repository index (KServe v2 / Triton: POST
-// /v2/repository/index {"ready": true} -> [{name, version, state}]). A server without the
-// extension (or one that refuses it) has one model: the one /editor/info describes.
-async function listModels() {
+// /v2/repository/index {"ready": true} -> [{name, version, state}]); null from a server without
+// the extension (or one that refuses it).
+async function indexedModels() {
   try {
     const r = await call("/v2/repository/index", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ready: true }),
     });
     const rows = await r.json();
-    if (Array.isArray(rows)) {
-      const ready = rows.filter((m) => m && typeof m.name === "string" && (m.state === undefined || m.state === "READY"));
-      if (ready.length) return ready.map((m) => ({ name: m.name, version: m.version ? String(m.version) : "" }));
-    }
-  } catch (e) { /* fall through: the one model */ }
-  return [{ name: S.info.model, version: S.info.version }];
+    if (!Array.isArray(rows)) return null;
+    const ready = rows.filter((m) => m && typeof m.name === "string" && (m.state === undefined || m.state === "READY"));
+    return ready.map((m) => ({ name: m.name, version: m.version ? String(m.version) : "" }));
+  } catch (e) {
+    return null;
+  }
 }
 
-function buildModelPicker(models) {
+const modelQuery = (m) => new URLSearchParams(m.version ? { model: m.name, version: m.version } : { model: m.name });
+const sameModel = (a, b) => a.name === b.name && (!a.version || !b.version || a.version === b.version);
+
+// The menu: the indexed models (the one in use stays listed even when it is no longer ready,
+// so the menu never claims another renders), or just the one /editor/info names.
+async function refreshModels() {
+  const listed = await indexedModels();
+  S.modelsFrom = listed ? "index" : "info";
+  const models = listed || [];
+  if (!models.some((m) => sameModel(m, S.model))) models.unshift({ ...S.model });
   const sel = $("model-pick");
   sel.innerHTML = "";
-  const many = new Set(models.map((m) => m.name)).size < models.length;   // several versions of one
+  const versions = new Set(models.map((m) => m.name)).size < models.length;   // several of one
   models.forEach((m, i) => {
     const o = document.createElement("option");
     o.value = String(i);
-    o.textContent = many && m.version ? `${m.name} v${m.version}` : m.name;
+    o.textContent = versions && m.version ? `${m.name} v${m.version}` : m.name;
     sel.appendChild(o);
   });
   S.models = models;
-  const cur = models.findIndex((m) => m.name === S.info.model && (!m.version || m.version === S.info.version));
-  sel.value = String(Math.max(0, cur));
+  sel.value = String(models.findIndex((m) => sameModel(m, S.model)));
   sel.disabled = models.length < 2;
 }
 
@@ -286,10 +295,8 @@ function showEngine() {
 
 async function chooseModel(i) {
   const m = S.models[i];
-  const q = new URLSearchParams({ model: m.name });
-  if (m.version) q.set("version", m.version);
   try {
-    const info = await (await call(`/editor/info?${q}`)).json();
+    const info = await (await call(`/editor/info?${modelQuery(m)}`)).json();
     S.info = info;
     S.model = { name: info.model, version: info.version };
     showEngine();
@@ -300,8 +307,7 @@ async function chooseModel(i) {
     if (S.label) { drawLabel(); changed(false); }
   } catch (e) {
     showError(e.message);
-    const cur = S.models.findIndex((x) => x.name === S.model.name && (!x.version || x.version === S.model.version));
-    $("model-pick").value = String(Math.max(0, cur));
+    $("model-pick").value = String(S.models.findIndex((x) => sameModel(x, S.model)));
   }
 }
 
@@ -357,11 +363,19 @@ async function start() {
   }
   try {
     S.info = await (await call("/editor/info")).json();
-  } catch (e) { showError(e.message); return; }
+  } catch (e) {
+    // The server's first model may be unloaded (explicit model control): the first ready one.
+    const listed = await indexedModels();
+    try {
+      if (!listed || !listed.length) throw e;
+      S.info = await (await call(`/editor/info?${modelQuery(listed[0])}`)).json();
+    } catch (e2) { showError(e2.message); return; }
+  }
   S.model = { name: S.info.model, version: S.info.version };
   showEngine();
   buildClassList();
-  buildModelPicker(await listModels());
+  await refreshModels();
+  window.addEventListener("focus", refreshModels);       // models loaded or unloaded meanwhile
   for (const name of S.info.samples) {
     const o = document.createElement("option"); o.value = o.textContent = name; $("sample").appendChild(o);
   }

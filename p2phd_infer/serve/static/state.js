@@ -9,7 +9,8 @@ export const $ = (id) => document.getElementById(id);
 export const S = {
   info: null,                         // /editor/info of the chosen model
   model: null,                        // {name, version} the calls name
-  models: [],                         // what the model picker offers
+  models: [],                         // what the model menu offers
+  modelsFrom: null,                   // "index" (the repository index) or "info" (one model)
   W: 0, H: 0, name: "edit",
   label: null, inst: null,            // Int32Array [H*W]
   styles: new Map(),                  // instance id -> {k} | {copy}
