@@ -354,8 +354,8 @@ def run_plan(frames: list[Frame], out: Path, fmt: str) -> Plan:
 
 def end_to_end(engine, name, precision, frames: list[Frame], out: Path, batch, fmt, quality,
                workers, delay_us, device, warmup: bool) -> Row:
-    opts = RunOptions(batch_size=batch, max_delay_us=delay_us, workers=workers, format=fmt,
-                      quality=quality, progress=False)
+    opts = RunOptions(batch_size=batch, max_queue_delay_us=delay_us, workers=workers, format=fmt,
+                      jpeg_quality=quality, progress=False)
     with tf32(precision == "tf32"):
         if warmup:   # the engine-only row warmed the engine at this batch size; this warms the rest
             warm = run_jobs(engine, None, run_plan(frames[:batch], out / "warmup", fmt), opts)

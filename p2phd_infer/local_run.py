@@ -120,8 +120,9 @@ def run_jobs(engine: Engine, style, todo: Plan, opts: RunOptions,
     """Run the plan's jobs through a Runtime over `engine`; the summary of what happened."""
     workers = opts.workers or default_workers()
     summary = RunSummary(frames=todo.frames, skipped=todo.skipped,
-                         settings=dict(batch_size=opts.batch_size, max_delay_us=opts.max_delay_us,
-                                       workers=workers, format=opts.format))
+                         settings=dict(batch_size=opts.batch_size,
+                                       max_queue_delay_us=opts.max_queue_delay_us, workers=workers,
+                                       format=opts.format))
     if not todo.jobs:
         return summary
     on_written = comparison_writer(engine, todo.jobs, opts, palette) \
@@ -192,8 +193,9 @@ def run_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
     videos = [(v, [j for _, j in group]) for v, group in
               itertools.groupby(keyed, key=lambda vj: vj[0])]
     summary = RunSummary(frames=todo.frames, skipped=todo.skipped,
-                         settings=dict(batch_size=opts.batch_size, max_delay_us=opts.max_delay_us,
-                                       format="mp4", fps=opts.fps))
+                         settings=dict(batch_size=opts.batch_size,
+                                       max_queue_delay_us=opts.max_queue_delay_us, format="mp4",
+                                       fps=opts.fps))
     if not opts.overwrite:
         done = {v for v, _ in videos if os.path.exists(v)}
         summary.skipped += sum(len(jobs) for v, jobs in videos if v in done)

@@ -16,10 +16,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .engines import BACKENDS, MODES, PRECISIONS
 from .errors import InputError, OptionError
 from .files import write_atomic
 from .image_io import LABEL_FORMATS
+from .limits import (DEFAULT_MAX_PIXELS, JPEG_QUALITY, MAX_BATCH, MAX_DELAY_US, MAX_FPS,
+                     MAX_GPUS_PER_WORKER, MAX_PIXELS_LIMIT, MAX_RAY_WORKERS, MAX_THREADS)
 from .locations import existing, is_uri, join, kind, list_files, resolve
+from .options import check, setting
+from .video import frame_rate
 
 LABEL_SUFFIX = "_labelIds.png"
 COLOR_SUFFIX = "_color.png"               # Cityscapes colour maps (--label-format color)
@@ -27,74 +32,124 @@ INSTANCE_SUFFIX = "_instanceIds.png"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # label_nc 0 models: the inputs are RGB images
 AUTO_INSTANCES = "auto"                  # --instances auto: sim.instances_from_labels per frame
 OUTPUT_FORMATS = ("png", "jpg", "mp4")   # mp4: one H.264 video per folder (video.py)
-DEFAULT_MAX_PIXELS = 2048 * 2048 * 2     # twice Cityscapes' 2048x1024: an 8 K frame still fits
 
 
 @dataclass
-class RunOptions:
-    """Every option of `run`, in one place: the CLI builds it, both executors take it."""
-    labels: str | None = None            # folder, one PNG, or a URI; None: the bundled samples
-    out: str = "out"
-    instances: str | None = None         # a folder, or "auto": derived from each label map
-    engine: str | None = None            # None: the bundled demo model
-    device: str = "auto"
-    precision: str = "fp32"
-    mode: str = "auto"                   # PyTorch engine: auto, fast, plain
-    # auto: a model.pt on a CPU runs on OpenVINO where it can (engines/choice.py), else
-    # PyTorch; torch; openvino (a model.pt, .onnx or .xml on OpenVINO's CPU plugin)
-    backend: str = "auto"
-    compile: bool = False
-    batch_size: int = 1
-    max_delay_us: int = 2000
-    workers: int | None = None
-    format: str = "png"
-    quality: int = 95
-    fps: float = 30.0                    # --format mp4: frames per second of each video
-    overwrite: bool = False
-    style: str | None = None
-    seed: int = 0
-    style_image: str | None = None
-    style_instances: str | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    summary_json: str | None = None
-    progress: bool = True
-    # Ray: None runs locally; "" the running (or a new local) cluster; "auto"; "ray://HEAD:10001"
-    ray: str | None = None
-    num_workers: int | None = None
-    gpus_per_worker: float | None = None
-    # ids (single-channel PNGs), color (RGB PNGs through a palette) or auto (by the PNG's mode)
-    label_format: str = "auto"
-    palette: str | None = None           # palette file for colour maps (label_names.py formats)
-    label_map: str | None = None         # source ids/colours -> model ids (label_map.py formats)
-    save_comparison: bool = False        # also OUT/compare/<name>.png: label | output [| photo]
-    photos: str | None = None            # photos for the comparison, paired by relative name
+class EngineOptions:
+    """How a command that synthesizes (run, serve, edit, evaluate) chooses and opens its
+    engine."""
+    engine: str | None = setting(
+        None, "model.pt, .pt2, .onnx, .plan or .xml (OpenVINO).", path="file",
+        renamed_from=("--model",), shown_default="the bundled demo model")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto.")
+    precision: str = setting("fp32", "PyTorch engines: fp32, fp16 (CUDA) or bf16.",
+                             choices=PRECISIONS)
+    mode: str = setting("auto", "PyTorch engines: auto (the fast CUDA path, checked once against "
+                                "the plain network, else plain), fast (CUDA only, no fallback) "
+                                "or plain.", choices=MODES)
 
     def __post_init__(self):
-        checks = [("--batch-size", self.batch_size, 1, 4096), ("--quality", self.quality, 1, 100),
-                  ("--max-delay-us", self.max_delay_us, 0, 60_000_000),
-                  ("--max-pixels", self.max_pixels, 1, 2**34)]
-        if self.workers is not None:
-            checks.append(("--workers", self.workers, 1, 256))
-        if self.num_workers is not None:
-            checks.append(("--num-workers", self.num_workers, 1, 100_000))
-        for name, value, lo, hi in checks:
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise OptionError(name, f"{value!r} is outside {lo}..{hi}")
-        if self.backend not in ("auto", "torch", "openvino"):
-            raise OptionError("--backend", f"{self.backend!r}: one of auto, torch, openvino")
-        if self.label_format not in LABEL_FORMATS:
-            raise OptionError("--label-format", f"{self.label_format!r}: one of "
-                                                f"{', '.join(LABEL_FORMATS)}")
+        check(self)
+
+
+@dataclass
+class RunOptions(EngineOptions):
+    """Every option of `run`, in one place: the command line is generated from it
+    (cli/options.py), both executors take it, and it is checked whole when built."""
+    labels: str | None = setting(None, "", argument=True, path="any")  # None: bundled samples
+    # a folder, or "auto": derived from each label map
+    instances: str | None = setting(
+        None, "Folder of instance maps with the same file names as the label maps, or 'auto': "
+              "derive each frame's instance map from its label map (connected regions of each "
+              "thing class, numbered class*1000+k).", path="dir")
+    out: str = setting("out", "Output folder.", path="dir", required=True)
+    # auto: a model.pt on a CPU runs on OpenVINO where it can (local_run.choose_backend), else
+    # PyTorch; torch; openvino (a model.pt, .onnx or .xml on OpenVINO's CPU plugin)
+    backend: str = setting(
+        "auto", "What runs a model.pt: auto (on a CPU OpenVINO, converted once per frame size "
+                "and cached, unless --mode plain/--compile/fp16; else PyTorch), torch, or "
+                "openvino (also runs an .onnx on OpenVINO).", choices=BACKENDS)
+    compile: bool = setting(
+        False, "torch.compile the PyTorch engine (the first batch of each size is slow).")
+    batch_size: int = setting(1, "Most frames per engine call (same-size frames batch together).",
+                              bounds=(1, MAX_BATCH))
+    max_queue_delay_us: int = setting(
+        2000, "How long a batch waits for more frames of its size, in microseconds.",
+        bounds=(0, MAX_DELAY_US), renamed_from=("--max-delay-us",))
+    workers: int | None = setting(None, "Decode threads and encode threads, each.",
+                                  bounds=(1, MAX_THREADS), shown_default="CPU count, 2 to 8")
+    format: str = setting(
+        "png", "Output format (PNG lossless, through fpng when installed; mp4: one H.264 video "
+               "per folder of frames, in name order).", choices=OUTPUT_FORMATS)
+    fps: float = setting(30.0, "--format mp4: frames per second.", bounds=(0, MAX_FPS),
+                         open="lo", check=frame_rate)
+    jpeg_quality: int = setting(95, "--format jpg: JPEG quality.", bounds=JPEG_QUALITY,
+                                renamed_from=("--quality",))
+    overwrite: bool = setting(False, "Rewrite outputs that already exist.")
+    style: str | None = setting(
+        None, "Features models: fixed cluster per label, e.g. 'car=3,road=1' or '*=0'.")
+    seed: int = setting(0, "Features models: seed of the per-instance cluster choice.")
+    style_image: str | None = setting(
+        None, "Features models: a photo whose instances give the styles (needs the encoder).",
+        path="file")
+    style_instances: str | None = setting(None, "Instance map of --style-image.", path="file")
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS, "Refuse frames with more pixels than this (a frame's one-hot grows "
+                            "with it).", bounds=(1, MAX_PIXELS_LIMIT))
+    # ids (single-channel PNGs), color (RGB PNGs through a palette) or auto (by the PNG's mode)
+    label_format: str = setting(
+        "auto", "Label maps: ids (single-channel PNGs of class ids), color (RGB PNGs, e.g. "
+                "Cityscapes *_color.png or a simulator's semantic camera, mapped to ids by the "
+                "palette), auto (by the PNG: one channel ids, RGB/RGBA colours) or carla (CARLA "
+                "0.9.14+ segmentation cameras: tag in red; instance camera PNGs as --instances).",
+        choices=LABEL_FORMATS)
+    # source ids/colours -> model ids (label_map.py formats)
+    label_map: str | None = setting(
+        None, "Source ids (or colours) -> the model's ids: JSON {\"14\": 26} or `SOURCE ID` "
+              "lines; with --label-format carla it replaces the built-in table.", path="file")
+    palette: str | None = setting(
+        None, "Colours -> ids for colour maps: JSON or `ID NAME R G B` lines (the --label-names "
+              "formats).", path="file", shown_default="the model's label colours, else "
+                                                      "Cityscapes'")
+    save_comparison: bool = setting(
+        False, "Also write OUT/compare/<name>.png: the label map in colour | the output "
+               "[| the photo].")
+    photos: str | None = setting(
+        None, "--save-comparison: folder of photos paired with the label maps by name.",
+        path="dir")
+    summary_json: str | None = setting(
+        None, "Also write the summary (counts, frames/s, each failure) as JSON here.",
+        path="file")
+    progress: bool = setting(True, "No progress bar.", flag="--no-progress")
+    # Ray: None runs locally; "" the running (or a new local) cluster; "auto"; "ray://HEAD:10001"
+    ray: str | None = setting(
+        None, "Run on a Ray cluster: the running one or a new local one, or ADDRESS ('auto', "
+              "'ray://HEAD:10001'). LABELS and --out may be URIs (s3://...). Put --ray after "
+              "LABELS, or write --ray=ADDRESS.", metavar="[ADDRESS]",
+        click=dict(is_flag=False, flag_value=""))
+    num_workers: int | None = setting(
+        None, "--ray: synthesis actors, one engine each.", bounds=(1, MAX_RAY_WORKERS),
+        shown_default="one per GPU, or per CPU")
+    gpus_per_worker: float | None = setting(
+        None, "--ray: GPUs per actor, fractions share a GPU.", bounds=(0, MAX_GPUS_PER_WORKER),
+        shown_default="1 if the cluster has GPUs")
+
+    def __post_init__(self):
+        check(self)
         if self.photos is not None and not self.save_comparison:
             raise OptionError("--photos", "photos go into the comparison pictures: add "
                                           "--save-comparison")
-        if self.format not in OUTPUT_FORMATS:
-            raise OptionError("--format", f"{self.format!r}: one of {', '.join(OUTPUT_FORMATS)}")
-        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or \
-                not 0 < self.fps <= 1000:
-            raise OptionError("--fps", f"{self.fps!r} is outside (0, 1000]")
-        if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 1024:
-            raise OptionError("--gpus-per-worker", f"{self.gpus_per_worker!r} is outside 0..1024")
+        if self.format == "mp4" and self.ray is not None:
+            raise OptionError("--format", "mp4 is encoded by the local executor; drop --ray")
+        if self.ray is not None:
+            for name, given in (("--label-format", self.label_format in ("color", "carla")),
+                                ("--palette", self.palette is not None),
+                                ("--save-comparison", self.save_comparison),
+                                ("--label-map", self.label_map is not None),
+                                ("--instances", self.instances == AUTO_INSTANCES)):
+                if given:
+                    raise OptionError(name, "runs on the local executor only (for now); drop "
+                                            "--ray")
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,10 @@ from .errors import (EngineError, EngineFault, InputError, OptionError, OutputEr
                      RuntimeClosed)
 from .ids import decode_maps, remap_arrays
 from .image_io import LABEL_FORMATS, write_image
+from .limits import (DEFAULT_MAX_PIXELS, JPEG_QUALITY, MAX_BATCH, MAX_DELAY_US,
+                     MAX_PIXELS_LIMIT, MAX_QUEUE, MAX_THREADS)
 from .locations import is_uri
-from .plan import DEFAULT_MAX_PIXELS, Job
+from .plan import Job
 from .step import SynthesisStep
 from .synthesizer import to_uint8
 
@@ -53,8 +55,6 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
                         category=UserWarning)
 
 
-MAX_BATCH = 4096
-MAX_DELAY_US = 60_000_000        # a minute: longer would only hide a mistake (and overflow waits)
 _batch_numbers = itertools.count()   # FrameTiming.batch: unique across the process's Runtimes
 
 
@@ -128,12 +128,12 @@ class Runtime:
                  derive_instances: bool = False):
         for option, value, lo, hi in (("max_batch_size", max_batch_size, 1, MAX_BATCH),
                                       ("max_queue_delay_us", max_queue_delay_us, 0, MAX_DELAY_US),
-                                      ("max_queue_size", max_queue_size, 1, 1 << 20),
-                                      ("decode_workers", decode_workers, 1, 256),
-                                      ("encode_workers", encode_workers, 1, 256),
+                                      ("max_queue_size", max_queue_size, 1, MAX_QUEUE),
+                                      ("decode_workers", decode_workers, 1, MAX_THREADS),
+                                      ("encode_workers", encode_workers, 1, MAX_THREADS),
                                       ("max_inflight_batches", max_inflight_batches, 1, 64),
-                                      ("jpeg_quality", jpeg_quality, 1, 100),
-                                      ("max_pixels", max_pixels, 1, 2**34)):
+                                      ("jpeg_quality", jpeg_quality, *JPEG_QUALITY),
+                                      ("max_pixels", max_pixels, 1, MAX_PIXELS_LIMIT)):
             optional = option not in ("max_batch_size", "max_queue_delay_us", "jpeg_quality")
             if value is None and optional:
                 continue
@@ -225,9 +225,9 @@ class Runtime:
         from .plan import AUTO_INSTANCES
         workers = options.workers or default_workers()
         return cls(engine, max_batch_size=options.batch_size,
-                   max_queue_delay_us=options.max_delay_us, decode_workers=workers,
+                   max_queue_delay_us=options.max_queue_delay_us, decode_workers=workers,
                    encode_workers=encode_workers or workers, style=style,
-                   jpeg_quality=options.quality, max_pixels=options.max_pixels,
+                   jpeg_quality=options.jpeg_quality, max_pixels=options.max_pixels,
                    label_format=options.label_format, palette=palette, label_map=label_map,
                    derive_instances=options.instances == AUTO_INSTANCES, on_written=on_written)
 

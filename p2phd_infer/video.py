@@ -21,17 +21,25 @@ import numpy as np
 
 from .errors import InputError, MissingDependency, OptionError
 from .files import write_atomic
+from .limits import MAX_FPS
 
-MAX_FPS = 1000
+# A video's time base: a rate is stored as a fraction with at most this denominator
+# (29.97 -> 30000/1001, NTSC's).
+RATE_DENOMINATOR = 1001
 
 
-def _rate(fps) -> Fraction:
+def frame_rate(fps) -> Fraction:
+    """The frame rate a video stores for `fps`; OptionError (--fps) for one it cannot store.
+    RunOptions checks --fps with this, so a bad rate fails before any frame is synthesized."""
     try:
-        rate = Fraction(fps).limit_denominator(1001)    # 29.97 -> 30000/1001
-    except (TypeError, ValueError):
+        rate = Fraction(fps).limit_denominator(RATE_DENOMINATOR)
+    except (TypeError, ValueError, OverflowError):
         raise OptionError("--fps", f"{fps!r} is not a number") from None
+    if rate <= 0 < fps:
+        raise OptionError("--fps", f"{fps!r} is below the lowest rate a video stores "
+                                   f"(1/{RATE_DENOMINATOR} frames per second)")
     if not 0 < rate <= MAX_FPS:
-        raise OptionError("--fps", f"{fps!r} is outside (0, {MAX_FPS}]")
+        raise OptionError("--fps", f"{fps!r} is outside (0, {MAX_FPS:g}]")
     return rate
 
 
@@ -60,7 +68,7 @@ def write_video(frames: Iterable, path: str | os.PathLike, fps: float = 30, *,
     `names`, in step with `frames`, name a frame in errors (a size that differs from the first
     frame's). InputError for a bad frame or no frames, OutputError for the write; no file is left
     behind on any error."""
-    rate = _rate(fps)
+    rate = frame_rate(fps)
     try:
         import av
     except ImportError:

@@ -11,8 +11,9 @@ FOLDERS = {"p2phd_infer": "p2phd_infer", "train": "p2phd_infer.train",
            "export": "p2phd_infer.export", "kernels": "p2phd_infer.kernels"}
 # The layers, lowest first. A module may import its own layer and the ones below.
 # labels.py (one-hot and edge encoding) defines what the label kernels compute, and errors.py
-# imports nothing: both sit with the kernels, at the bottom.
-BOTTOM = ["labels", "errors"]
+# imports nothing: both sit with the kernels, at the bottom, as do the limits (nothing imported)
+# and the options mechanism (errors only), which every layer's options use.
+BOTTOM = ["labels", "errors", "limits", "options"]
 MODEL = ["config", "networks", "checkpoint", "official", "instance_features", "label_names",
          "synthesizer", "styles", "ids", "image_io", "files", "locations", "palette", "sim",
          "label_map", "devices"]

@@ -47,6 +47,7 @@ from p2phd_infer.image_io import write_image
 from p2phd_infer.instance_features import encoder_features
 from p2phd_infer.label_names import read_label_names
 from p2phd_infer.labels import CITYSCAPES_NAMES, encode_labels
+from p2phd_infer.limits import MAX_BATCH, MAX_POOL_SIZE
 from p2phd_infer.networks import build_encoder, build_generator
 
 from .datasets import RESIZE_MODES, PairedDataset
@@ -160,9 +161,9 @@ INT_BOUNDS = {
     "n_blocks_local": BOUNDS["n_blocks_local"], "nef": BOUNDS["nef"],
     "n_downsample_E": BOUNDS["n_downsample_E"], "ndf": (1, MAX_FILTERS), "n_layers_d": (1, 8),
     "num_d": (1, 8), "niter": (0, 10**6), "niter_decay": (0, 10**6),
-    "niter_fix_global": (0, 10**6), "batch_size": (1, 4096), "load_size": (1, 65536),
+    "niter_fix_global": (0, 10**6), "batch_size": (1, MAX_BATCH), "load_size": (1, 65536),
     "num_workers": (0, 256), "max_steps": (1, 10**12), "save_every": (1, 10**12),
-    "seed": (0, 2**63 - 1), "fine_size": (1, 65536), "pool_size": (0, 4096),
+    "seed": (0, 2**63 - 1), "fine_size": (1, 65536), "pool_size": (0, MAX_POOL_SIZE),
 }
 OPTIONAL = {"label_nc", "feat_num", "ngf", "n_downsample_global", "n_blocks_global", "nef",
             "n_downsample_E", "max_steps"}

@@ -11,17 +11,26 @@ import sys
 import click
 
 from ..errors import Error
-from .base import fail
+from .base import fail, usage_error
 
 
 class Group(click.Group):
-    """Any p2phd-infer error that escapes a command becomes its one `error:` line."""
+    """Any p2phd-infer error that escapes a command, and any usage error click finds (a bad
+    value, an unknown option), becomes its one `error:` line."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise fail(usage_error(e)) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except Error as e:
             raise fail(e) from None
+        except click.UsageError as e:
+            raise fail(usage_error(e)) from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import click
 
-from ..engines import MODES, PRECISIONS
 from ..errors import Error
 
 
@@ -13,21 +12,21 @@ def fail(error: Error | str) -> "click.exceptions.Exit":
     return click.exceptions.Exit(2)
 
 
+def usage_error(e: "click.UsageError") -> str:
+    """Click's usage error in the project's words: `OPTION: fault (see COMMAND --help)`."""
+    where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+    if isinstance(e, click.BadParameter) and e.param is not None:
+        name = e.param.opts[0] if getattr(e.param, "opts", None) else e.param.name.upper()
+        if isinstance(e, click.MissingParameter):
+            return f"{name}: required{where}"
+        return f"{name}: {e.message.rstrip('.')}{where}"
+    message = e.format_message().rstrip(".")
+    return message[:1].lower() + message[1:] + where
+
+
 def engine_options(command):
     """--engine, --device, --precision and --mode: how every command that synthesizes (run,
-    serve, edit) chooses and opens its engine, declared once."""
-    options = [
-        click.option("--engine", type=click.Path(dir_okay=False),
-                     help="model.pt, .pt2, .onnx, .plan or .xml (OpenVINO); default: the bundled "
-                          "demo model."),
-        click.option("--device", default="auto", show_default=True,
-                     help="cpu, cuda, cuda:N or auto."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
-                     show_default=True, help="PyTorch engines: fp32, fp16 (CUDA) or bf16."),
-        click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-                     help="PyTorch engines: auto (the fast CUDA path, checked once against the "
-                          "plain network, else plain), fast (CUDA only, no fallback) or plain."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    serve, edit, evaluate) chooses and opens its engine, declared once (plan.EngineOptions)."""
+    from ..plan import EngineOptions
+    from .options import click_options
+    return click_options(EngineOptions)(command)

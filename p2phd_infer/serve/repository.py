@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..engines import Engine
 from ..errors import InputError, NotFound
+from ..limits import MAX_BATCH, MAX_DELAY_US, MAX_QUEUE
 from .dataplane import ModelSettings, ServedModel
 
 MODEL_FILES = ("model.pt", "model.onnx", "model.xml", "model.plan", "model.engine", "model.pt2")
@@ -86,17 +87,17 @@ class Repository:
         path = self.root / name / "config.pbtxt"
         if "max_batch_size" in cfg:
             s = replace(s, max_batch_size=_positive(cfg["max_batch_size"], path,
-                                                    "max_batch_size", 4096))
+                                                    "max_batch_size", MAX_BATCH))
         batching = cfg.get("dynamic_batching")
         if isinstance(batching, dict):
             if "max_queue_delay_microseconds" in batching:
                 s = replace(s, max_delay_us=_positive(batching["max_queue_delay_microseconds"],
                                                       path, "max_queue_delay_microseconds",
-                                                      60_000_000, low=0))
+                                                      MAX_DELAY_US, low=0))
             policy = batching.get("default_queue_policy")
             if isinstance(policy, dict) and "max_queue_size" in policy:
                 s = replace(s, max_queue=_positive(policy["max_queue_size"], path,
-                                                   "max_queue_size", 1_000_000))
+                                                   "max_queue_size", MAX_QUEUE))
         return s
 
     def open(self, name: str, max_pixels: int | None) -> list[ServedModel]:
