@@ -477,6 +477,8 @@ def _edited(src, dst, **config):
     model = onnx.load(str(src))
     prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
     doc = json.loads(prop.value)
+    if "size" in config:
+        doc["size"] = config.pop("size")
     doc["config"].update(config)
     prop.value = json.dumps(doc)
     onnx.save(model, str(dst))
@@ -497,7 +499,10 @@ def _engines():
 
 @pytest.mark.parametrize("edit,fault", [
     ({"label_nc": 200}, "label_nc 200, instance edge 0, feat_num 0: 200 input channels"),
-    ({"use_instance": True}, "instance edge 1, feat_num 0: 9 input channels"),
+    ({"use_instance": True}, "it implies inputs ['inst', 'label'], the graph has ['label']"),
+    ({"feat_num": 3}, "it implies inputs ['feat', 'inst', 'label'], the graph has ['label']"),
+    ({"size": [32, 32]}, "input label has shape [None, 1, 16, 16], the metadata implies frame "
+                         "size (H, W) [32, 32]"),
     ({"ngf": 4}, "ngf 4) needs a convolution weight"),
     ({"n_blocks_global": 1}, "needs a convolution weight [8, 8, 3, 3]"),
 ])

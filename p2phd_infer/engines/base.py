@@ -135,15 +135,38 @@ def network_conv_shapes(info: EngineInfo) -> Counter:
                    if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
 
 
-def check_graph(source: str | os.PathLike, info: EngineInfo,
-                conv_shapes: list[tuple[int, ...]]) -> None:
-    """EngineError naming `source` unless the metadata describes this graph: the graph's
-    convolution weight shapes (`conv_shapes`, read from the file by the engine opening it) must
-    be exactly those of the network the metadata's architecture builds. The runtime trusts the
-    metadata's label_nc to check ids, so one edited to 200 over a graph built for 35 would let
-    id 100 through to a one-hot that has no channel for it."""
+def graph_inputs(info: EngineInfo) -> dict[str, int]:
+    """The inputs an exported graph of `info` takes, by name, with their channel counts."""
+    cfg = info.config
+    if info.graph == "style":
+        return {"label": 1, "inst": 1, "style_image": 3, "style_inst": 1}
+    return {"label": 1, **({"inst": 1} if cfg.needs_instance_map else {}),
+            **({"feat": cfg.feat_num} if cfg.feat_num > 0 else {})}
+
+
+def check_graph(source: str | os.PathLike, info: EngineInfo, conv_shapes: list[tuple[int, ...]],
+                inputs: dict[str, list[int | None]]) -> None:
+    """EngineError naming `source` unless the metadata describes this graph, from facts the
+    engine opening the file reads off it: its inputs {name: [B, C, H, W], None where dynamic}
+    must be those the metadata implies (names, channels, the fixed frame size), and its
+    convolution weight shapes exactly those of the network the metadata's architecture builds.
+    The runtime trusts the metadata's label_nc to check ids, so one edited to 200 over a graph
+    built for 35 would let id 100 through to a one-hot that has no channel for it."""
+    want_inputs = graph_inputs(info)
+    if set(inputs) != set(want_inputs):
+        raise EngineError(source, f"the engine metadata does not describe this graph: it implies "
+                                  f"inputs {sorted(want_inputs)}, the graph has {sorted(inputs)}")
+    for name, dims in inputs.items():
+        size = list(info.size) if info.size is not None else [None, None]
+        for what, got, need in (("channels", dims[1:2], [want_inputs[name]]),
+                                ("frame size (H, W)", dims[2:4], size)):
+            if len(dims) != 4 or any(g is not None and n is not None and g != n
+                                     for g, n in zip(got, need)):
+                raise EngineError(source, f"the engine metadata does not describe this graph: "
+                                          f"input {name} has shape {dims}, the metadata implies "
+                                          f"{what} {need}")
     want = network_conv_shapes(info)
-    have = Counter(tuple(int(d) for d in s) for s in conv_shapes)
+    have = Counter(tuple(-1 if d is None else int(d) for d in s) for s in conv_shapes)
     if want == have:
         return
     cfg = info.config

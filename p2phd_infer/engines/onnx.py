@@ -88,7 +88,9 @@ class OnnxEngine(Engine):
             raise EngineError(self.path, "no p2phd-infer metadata in this ONNX file (export it "
                               "with `p2phd-infer export --format onnx`)")
         self.info = info_from_json(meta[METADATA_KEY], self.path)
-        check_graph(self.path, self.info, onnx_conv_shapes(self.path))
+        check_graph(self.path, self.info, onnx_conv_shapes(self.path),
+                    {i.name: [d if isinstance(d, int) else None for d in i.shape]
+                     for i in self.session.get_inputs()})
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.providers = self.session.get_providers()
 

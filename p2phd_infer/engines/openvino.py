@@ -79,10 +79,12 @@ class OpenvinoEngine(Engine):
             raise EngineError(self.path, f"not a readable OpenVINO/ONNX model "
                                          f"({e.__class__.__name__}: {first})") from None
         info = info_from_json(read_metadata(model, self.path), self.path)
-        check_graph(self.path, info, [[d.get_length() if d.is_static else -1 for d in
-                                       op.input(1).get_partial_shape()] for op in model.get_ops()
-                                      if op.get_type_name() in ("Convolution",
-                                                                "ConvolutionBackpropData")])
+        dims = lambda port: [d.get_length() if d.is_static else None  # noqa: E731
+                             for d in port.get_partial_shape()]
+        check_graph(self.path, info, [dims(op.input(1)) for op in model.get_ops() if
+                                      op.get_type_name() in ("Convolution",
+                                                             "ConvolutionBackpropData")],
+                    {port.get_any_name(): dims(port) for port in model.inputs})
         self.input_names = [p.get_any_name() for p in model.inputs]
         if "label" not in self.input_names or len(model.outputs) != 1:
             raise EngineError(self.path, f"not a p2phd-infer graph (inputs {self.input_names}, "
