@@ -8,7 +8,9 @@
              into its region, names it, and reads the image back out (a simulator on the same
              host, which never serialises the ids)
   run        `p2phd-infer run` on the same frames (linked into a folder) with the same engine and
-             --batch-size = --max-batch-size; frames/s from --summary-json (engine load excluded)
+             --batch-size = --max-batch-size; frames/s from --summary-json (engine load excluded);
+             run once before the server rows and once after, and the mean of the two is the
+             reference (on a shared machine the load drifts over a benchmark)
 
 For each protocol and each --concurrency (client threads, each with its own connection and
 requests back to back): a warm-up of 2 requests per thread (not counted), then --requests
@@ -179,6 +181,7 @@ def load(protocol: str, http_url: str, grpc_url: str, frames: list, requests: in
 
 
 def through_run(pairs: list, requests: int, run_args: list[str], work: Path) -> dict:
+    work.mkdir()
     labels, insts = work / "run_labels", work / "run_insts"
     labels.mkdir()
     insts.mkdir()
@@ -208,8 +211,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['protocol']} | {row['concurrency']} | "
                      f"{row['frames_per_second']:.2f} | {row['frames_per_second'] / run_fps:.2f} "
                      f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['mean_batch']:.2f} |")
-    lines.append(f"| run (--batch-size {result['max_batch_size']}) | - | {run_fps:.2f} | 1.00 "
-                 f"| - | - | - |")
+    before, after = (result["run"][k]["frames_per_second"] for k in ("before", "after"))
+    lines.append(f"| run (--batch-size {result['max_batch_size']}; before {before:.2f}, after "
+                 f"{after:.2f}) | - | {run_fps:.2f} | 1.00 | - | - | - |")
     return "\n".join(lines)
 
 
@@ -231,15 +235,18 @@ def markdown(result: dict) -> str:
               help="Requests (one frame each) per row, after the warm-up.")
 @click.option("--max-batch-size", default=4, show_default=True, type=click.IntRange(1),
               help="The server's --max-batch-size and run's --batch-size.")
-@click.option("--max-delay-us", default=2000, show_default=True, type=click.IntRange(0),
-              help="The server's and run's --max-delay-us.")
+@click.option("--max-queue-delay-us", default=30000, show_default=True, type=click.IntRange(0),
+              help="The server's and run's --max-queue-delay-us. Closed-loop clients' requests "
+                   "come back staggered by their answers; a window of a few percent of a "
+                   "frame's compute time lets them batch (2 ms on a CPU frame of ~1 s mostly "
+                   "does not).")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="OMP/MKL threads of the server and of run [all]: the same for both.")
 @click.option("--quick", is_flag=True, help="Demo model and samples, 16 requests per row.")
 @click.option("--out-json", type=click.Path(dir_okay=False), default=None,
               help="Write every figure here (JSON).")
 def main(engine, labels, instances, device, mode, concurrency, protocols, requests,
-         max_batch_size, max_delay_us, threads, quick, out_json):
+         max_batch_size, max_queue_delay_us, threads, quick, out_json):
     """HTTP vs gRPC vs gRPC + shared memory vs `run` on one engine."""
     from p2phd_infer.engines import default_engine_path
     from p2phd_infer.engines.base import resolve_device
@@ -269,12 +276,14 @@ def main(engine, labels, instances, device, mode, concurrency, protocols, reques
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     dev = resolve_device(device)
     mode = "plain" if dev.type == "cpu" and mode == "auto" else mode
-    common = ["--engine", engine, "--device", str(dev), "--mode", mode, "--max-delay-us",
-              str(max_delay_us)]
+    common = ["--engine", engine, "--device", str(dev), "--mode", mode, "--max-queue-delay-us",
+              str(max_queue_delay_us)]
     load_before = os.getloadavg()[0]
     rows = []
+    run_args = common + ["--batch-size", str(max_batch_size)]
     with tempfile.TemporaryDirectory(prefix="p2phd-serve-load-") as tmp:
         work = Path(tmp)
+        ran_before = through_run(pairs, requests, run_args, work / "run_before")
         proc, http_url, grpc_url = start_server(
             common + ["--max-batch-size", str(max_batch_size), "--max-queue",
                       str(max(64, 2 * max(levels)))], work / "server.log")
@@ -290,15 +299,18 @@ def main(engine, labels, instances, device, mode, concurrency, protocols, reques
             code = stop_server(proc)
         if code != 0:
             print(f"warning: the server exited {code} on SIGTERM", file=sys.stderr)
-        ran = through_run(pairs, requests, common + ["--batch-size", str(max_batch_size)], work)
+        ran_after = through_run(pairs, requests, run_args, work / "run_after")
+    ran = {"frames_per_second": (ran_before["frames_per_second"] +
+                                 ran_after["frames_per_second"]) / 2,
+           "before": ran_before, "after": ran_after}
     H, W = frames[0][0].shape
     result = {"engine": engine, "device": str(dev), "mode": mode, "size": f"{W}x{H}",
               "requests": requests, "max_batch_size": max_batch_size,
-              "max_delay_us": max_delay_us, "threads": threads, "rows": rows, "run": ran,
+              "max_queue_delay_us": max_queue_delay_us, "threads": threads, "rows": rows, "run": ran,
               "load_average_1min": [load_before, os.getloadavg()[0]],
               "host": platform.node(), "cpus": os.cpu_count()}
     print(f"{requests} frames of {W}x{H} per row on {dev} ({mode}), max batch "
-          f"{max_batch_size}, delay {max_delay_us} us; load average "
+          f"{max_batch_size}, delay {max_queue_delay_us} us; load average "
           f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(markdown(result))
     if out_json:

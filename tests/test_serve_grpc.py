@@ -76,7 +76,7 @@ class Servers:
 def server(work):
     log = work / "serve.log"
     with cli_server(["serve", "--engine", work / "m.pt", "--device", "cpu", "--mode", "plain",
-                     "--max-batch-size", 4, "--max-delay-us", 5000, "--log-level", "warning",
+                     "--max-batch-size", 4, "--max-queue-delay-us", 5000, "--log-level", "warning",
                      "--grpc-port", 0], log) as (proc, url):
         m = re.search(r"gRPC on (\S+)", log.read_text())
         assert m, log.read_text()
@@ -464,3 +464,34 @@ def test_api_key_guards_grpc_as_http(work, tmp_path):
         res = c.infer("p2phd", grpc_inputs(label, inst),
                       headers={"authorization": f"Bearer {key}"})
         assert np.array_equal(res.as_numpy("image")[0], ran)
+
+
+def test_repository_index_load_unload_over_grpc(work, tmp_path):
+    """Two models in a repository, explicit model control, driven over gRPC; the loaded one
+    answers with the pixels run wrote for its weights."""
+    import shutil
+    for name in ("a", "b"):
+        (tmp_path / "models" / name / "1").mkdir(parents=True)
+        shutil.copy(work / "m.pt", tmp_path / "models" / name / "1" / "model.pt")
+    log = tmp_path / "serve.log"
+    with cli_server(["serve", "--model-repository", tmp_path / "models", "--model-control-mode",
+                     "explicit", "--load-model", "a", "--device", "cpu", "--mode", "plain",
+                     "--log-level", "warning", "--grpc-port", 0], log):
+        c = tg.InferenceServerClient(re.search(r"gRPC on (\S+)", log.read_text()).group(1))
+
+        def index():
+            return {m.name: m.state for m in c.get_model_repository_index().models}
+        assert index() == {"a": "READY", "b": "UNAVAILABLE"}
+        assert not c.is_model_ready("b")
+        c.load_model("b")
+        assert index() == {"a": "READY", "b": "READY"} and c.is_model_ready("b")
+        label, inst, ran = frame(work, 0)
+        assert np.array_equal(c.infer("b", grpc_inputs(label, inst)).as_numpy("image")[0], ran)
+        c.unload_model("a")
+        assert index()["a"] == "UNAVAILABLE"
+        e = fault(lambda: c.infer("a", grpc_inputs(label, inst)))
+        assert e.status() == "StatusCode.UNAVAILABLE" and "not loaded" in e.message()
+        e = fault(lambda: c.load_model("nope"))
+        assert e.status() == "StatusCode.NOT_FOUND"
+        e = fault(lambda: c.load_model("b", config='{"max_batch_size": 2}'))
+        assert e.status() == "StatusCode.INVALID_ARGUMENT" and "config" in e.message()

@@ -84,12 +84,14 @@ def serve_cmd(**options):
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     click.echo(f"p2phd-infer serve: {what} on http://{shown}:{bound[1]}", err=True)
-    run_server(app, sock, o.log_level)
+    # grpc.aio runs in uvicorn's event loop: the standard asyncio loop, which it supports (uvicorn
+    # would otherwise take uvloop where it is installed).
+    run_server(app, sock, o.log_level, loop="auto" if grpc_address is None else "asyncio")
 
 
-def run_server(app, sock: socket.socket, log_level: str) -> None:
+def run_server(app, sock: socket.socket, log_level: str, loop: str = "auto") -> None:
     """The app on uvicorn over a listening socket, until SIGTERM or Ctrl-C; exit 1 if it never
-    started (serve and edit)."""
+    started (serve and edit). loop: uvicorn's event loop choice."""
     import logging
 
     import uvicorn
@@ -103,7 +105,7 @@ def run_server(app, sock: socket.socket, log_level: str) -> None:
         ours.propagate = False
     ours.setLevel(log_level.upper())
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                           access_log=False))
+                                           access_log=False, loop=loop))
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish requests, lifespan shutdown),
     # then raises the signal again against the handler that was there before it. A no-op there
     # makes a finished graceful shutdown exit 0 instead of dying of that second signal.
