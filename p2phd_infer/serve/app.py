@@ -138,6 +138,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
                 message = await request.receive()
                 if message["type"] == "http.disconnect":
                     return
+                await asyncio.sleep(0.1)     # a server that repeats empty body messages
         return wait
 
     def name_version(request: Request) -> tuple[str, str | None]:
