@@ -41,7 +41,7 @@ def check_size(cfg, height: int, width: int, graph: str = "generator") -> None:
     checked before anything is traced, so a size the network cannot take is refused in one line
     instead of failing deep inside torch.export. Also refuses a label_nc 0 model (an RGB input
     image): the exported graphs take label ids."""
-    if cfg.label_nc == 0:
+    if cfg.input_kind == "rgb":
         raise OptionError("--engine", "a label_nc 0 model (RGB input images) is not exported yet: "
                                       "`run --engine model.pt` runs it on PyTorch")
     m, least = cfg.stride, cfg.min_size

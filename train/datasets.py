@@ -40,7 +40,8 @@ class DatasetError(InputError):
 
 
 @dataclass(frozen=True)
-class Sample:
+class TrainingPair:
+    """One training example's files: a label map (or RGB input), its instance map, its photo."""
     stem: str
     label: Path
     inst: Path | None
@@ -48,7 +49,7 @@ class Sample:
 
 
 def _pix2pixhd_pairs(root: Path, phase: str, need_inst: bool, faults: list[str],
-                     rgb_input: bool = False) -> list[Sample]:
+                     rgb_input: bool = False) -> list[TrainingPair]:
     names = ("A", "inst", "B") if rgb_input else ("label", "inst", "img")
     label_dir, inst_dir, img_dir = (root / f"{phase}_{s}" for s in names)
     label_exts = IMAGE_EXTS if rgb_input else (".png",)
@@ -77,14 +78,14 @@ def _pix2pixhd_pairs(root: Path, phase: str, need_inst: bool, faults: list[str],
             inst_name = lp.stem + ".png" if rgb_input else lp.name
             faults.append(f"{lp}: no instance map {inst_dir / inst_name}")
         if img is not None and (inst is not None or not need_inst):
-            samples.append(Sample(lp.stem, lp, inst, img))
+            samples.append(TrainingPair(lp.stem, lp, inst, img))
     what = "an input image" if rgb_input else "a label map"
     faults += [f"{p}: photo without {what} in {label_dir}" for p in images.values()]
     faults += [f"{p}: instance map without {what} in {label_dir}" for p in insts.values()]
     return samples
 
 
-def _cityscapes_pairs(root: Path, split: str, need_inst: bool, faults: list[str]) -> list[Sample]:
+def _cityscapes_pairs(root: Path, split: str, need_inst: bool, faults: list[str]) -> list[TrainingPair]:
     gt, photos = root / "gtFine" / split, root / "leftImg8bit" / split
     for d in (gt, photos):
         if not d.is_dir():
@@ -107,12 +108,12 @@ def _cityscapes_pairs(root: Path, split: str, need_inst: bool, faults: list[str]
         if need_inst and not inst.is_file():
             faults.append(f"{lp}: no instance map {inst}")
         if img is not None and (inst.is_file() or not need_inst):
-            samples.append(Sample(stem, lp, inst if need_inst else None, img))
+            samples.append(TrainingPair(stem, lp, inst if need_inst else None, img))
     faults += [f"{p}: photo without a label map" for p in images.values()]
     return samples
 
 
-def _check_sizes(samples: list[Sample], faults: list[str]) -> list[Sample]:
+def _check_sizes(samples: list[TrainingPair], faults: list[str]) -> list[TrainingPair]:
     """Header reads only (no decode): every file of a pair must have the same width and height."""
     good = []
     for s in samples:
@@ -136,7 +137,7 @@ def _check_sizes(samples: list[Sample], faults: list[str]) -> list[Sample]:
 
 
 def find_samples(root: str | os.PathLike, mode: str = "pix2pixhd", phase: str = "train",
-                 need_inst: bool = True, rgb_input: bool = False) -> list[Sample]:
+                 need_inst: bool = True, rgb_input: bool = False) -> list[TrainingPair]:
     """All pairs of a dataset, or a DatasetError listing every missing file and size mismatch.
     rgb_input (label_nc 0): the inputs are images in `<phase>_A/`, the photos in `<phase>_B/`."""
     root = Path(root)
@@ -261,7 +262,7 @@ class PairedDataset(torch.utils.data.Dataset):
                 faults.append(f"{path}: not readable ({e.__class__.__name__}: {e})")
             return None
 
-        def faults_of(s: Sample) -> list[str]:
+        def faults_of(s: TrainingPair) -> list[str]:
             faults: list[str] = []
             label = read(s.label, read_rgb if self.rgb_input else read_id_png, faults)
             if label is not None:

@@ -156,7 +156,7 @@ def build_dictionary(model: str | Path, data: str | Path, clusters: int = 10,
     # label_nc 0 models train on RGB inputs: the photos are then in <phase>_B/ (train/datasets.py).
     dataset = PairedDataset(data, mode=mode, phase=phase, need_inst=True,
                             resize_or_crop=resize_or_crop, load_size=load_size, multiple=multiple,
-                            flip=False, label_nc=0 if cfg.label_nc == 0 else None)
+                            flip=False, label_nc=0 if cfg.input_kind == "rgb" else None)
     dataset.check_files(cfg.encoder_min_size, workers=max(1, workers))  # every fault, up front
     per_label, seen, kept = collect_features(encoder, cfg, dataset, dev, workers)
     return cluster_features(per_label, clusters), seen, kept

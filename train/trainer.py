@@ -1,4 +1,6 @@
-"""The pix2pixHD trainer, both stages, in one file read top to bottom.
+"""The pix2pixHD trainer, both stages, in one file read top to bottom: the options, the pieces a
+run is built from, `Training` (one stage's networks and optimizers with its three units: a
+training step, a save, a restore), and `train()`, which builds one and runs the loop.
 
 Stage global: G1 (and the encoder E with instance features) at low resolution.
 Stage local:  G1 loaded from a global model.pt; the local enhancer trains alone (G1 and E frozen)
@@ -423,6 +425,194 @@ def _check_moments(opt: torch.optim.Optimizer, what: str) -> None:
                                           f"parameter of shape {tuple(p.shape)}")
 
 
+def build_discriminator(opts: TrainOptions, cfg: ModelConfig) -> MultiscaleDiscriminator:
+    """D of this run: it sees the label encoding and an image, never the features."""
+    d_input_nc = cfg.label_channels + int(cfg.use_instance) + cfg.output_nc
+    return MultiscaleDiscriminator(d_input_nc, opts.ndf, opts.n_layers_d, opts.num_d,
+                                   intermediate=not opts.no_ganfeat_loss)
+
+
+class Training:
+    """One stage's networks, optimizers, scalers and counters, with the three things done to
+    them: a training step (train_step), a save (model.pt + trainer_state.pt + a sample picture)
+    and a restore (resume from trainer_state.pt). train() builds it and runs the loop.
+
+    G trains in two phases (stage local): "fix" (G1 and E frozen, Adam over the enhancers) for
+    the first fix_steps steps, then "all" (a new Adam over G and E). D's Adam lives for the run."""
+
+    def __init__(self, opts: TrainOptions, cfg: ModelConfig, G: nn.Module, E: nn.Module | None,
+                 D: nn.Module, *, device: torch.device, precision: str, world: int,
+                 fix_steps: int, pool: ImagePool | None, vgg_loss: VGGLoss | None):
+        self.opts, self.cfg = opts, cfg
+        self.G, self.E, self.D = G, E, D
+        self.device, self.world = device, world
+        self.fix_steps = fix_steps
+        self.pool, self.vgg_loss = pool, vgg_loss
+        self.betas = (opts.beta1, 0.999)
+        self.opt_D = torch.optim.Adam(D.parameters(), lr=opts.lr, betas=self.betas)
+        self.amp = precision in ("bf16", "fp16")
+        self.amp_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        self.scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.step, self.train_seconds = 0, 0.0
+        self.phase = self.phase_at(0)
+        self.opt_G = self.make_opt_G(self.phase)
+        self.G_run = self.E_run = self.D_run = None      # DDP wrappers (or the modules): wrap()
+
+    # ------------------------------------------------------------------ phases
+
+    def phase_at(self, step: int) -> str:
+        return "fix" if step < self.fix_steps else "all"
+
+    def make_opt_G(self, phase: str) -> torch.optim.Optimizer:
+        G, E = self.G, self.E
+        frozen = phase == "fix"
+        G.requires_grad_(True)
+        if frozen:
+            G.model.requires_grad_(False)
+        if E is not None:
+            E.requires_grad_(not frozen)
+        params = enhancer_parameters(G) if frozen else \
+            list(G.parameters()) + (list(E.parameters()) if E is not None else [])
+        return torch.optim.Adam(params, lr=self.opts.lr, betas=self.betas)
+
+    def wrap(self, module: nn.Module | None) -> nn.Module | None:
+        """DDP over the parameters that train now (re-wrapped when the phase changes)."""
+        if module is None or self.world == 1 or \
+                not any(p.requires_grad for p in module.parameters()):
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def enter_phase(self, phase: str) -> None:
+        """The frozen phase has ended: a new Adam over all of G (and E), DDP re-wrapped."""
+        self.phase = phase
+        self.opt_G = self.make_opt_G(phase)
+        self.G_run, self.E_run = self.wrap(self.G), self.wrap(self.E)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    # ------------------------------------------------------------------ restore and save
+
+    def restore(self, state: dict, path: Path) -> None:
+        """Continue the run saved in `state` (read_state of `path`): counters, phase, weights,
+        optimizer and scaler states, RNG."""
+        if (self.E is None) != (state["E"] is None):
+            raise CheckpointError(path, "does not fit this run: the encoder E is "
+                                  + ("missing" if state["E"] is None else "unexpected"))
+        self.step, self.train_seconds, self.phase = state["step"], state["train_seconds"], \
+            state["phase"]
+        self.opt_G = self.make_opt_G(self.phase)
+        restore(state, path, {"G": self.G, "D": self.D, "E": self.E, "opt_G": self.opt_G,
+                              "opt_D": self.opt_D, "scaler_G": self.scaler_G,
+                              "scaler_D": self.scaler_D})
+        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
+    def trainer_state(self, label_names, label_colors) -> dict:
+        """Everything --resume needs (STATE_PARTS)."""
+        G, E, D, device = self.G, self.E, self.D, self.device
+        return {
+            "label_names": label_names, "label_colors": label_colors,
+            "options": dataclasses.asdict(self.opts), "config": self.cfg.to_dict(),
+            "step": self.step, "phase": self.phase, "train_seconds": self.train_seconds,
+            "G": G.state_dict(), "D": D.state_dict(), "E": E.state_dict() if E is not None else None,
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+
+    def save(self, run_dir: Path, steps_per_epoch: int, label_names, label_colors,
+             last_batch) -> Path:
+        """model.pt, trainer_state.pt and (with a last batch) samples/step_NNNNNNN.png."""
+        opts = self.opts
+        model_path = run_dir / "model.pt"
+        # How the photos were loaded: the feature dictionary must load them the same way.
+        info = {"stage": opts.stage, "step": self.step, "epoch": self.step / steps_per_epoch,
+                "train_seconds": round(self.train_seconds, 1),
+                "resize_or_crop": opts.resize_or_crop, "load_size": opts.load_size,
+                "fine_size": opts.fine_size, "dataset_mode": opts.dataset_mode}
+        extra = {"train_info": info}
+        if label_colors:
+            extra["label_colors"] = label_colors
+        E = self.E
+        save_checkpoint(Checkpoint(
+            self.cfg, self.G.state_dict(), E.state_dict() if E is not None else None, None,
+            label_names, extra), model_path)
+        save_torch_atomic(self.trainer_state(label_names, label_colors), run_dir / STATE_FILE)
+        if last_batch is not None:
+            label, fake, real = last_batch
+            write_image(run_dir / "samples" / f"step_{self.step:07d}.png",
+                        sample_grid(label, fake, real, colors=label_colors))
+        return model_path
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self, label, inst, real) -> tuple[dict[str, float], torch.Tensor]:
+        """One G and D update on a batch; the batch's losses (averaged over processes) and
+        fakes. FloatingPointError for a non-finite loss."""
+        opts, cfg, device = self.opts, self.cfg, self.device
+        D, E = self.D, self.E
+        B = label.shape[0]
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp):
+            x = encode_labels(label, inst, cfg.label_nc, cfg.use_instance)
+            g_in = x
+            if E is not None:
+                with torch.set_grad_enabled(self.phase == "all"):
+                    feat = encode_features(self.E_run, real, inst, cfg.enhancers)
+                g_in = torch.cat([x, feat.to(x.dtype)], 1)
+            fake = self.G_run(g_in)
+            # D's fake pass: this batch's fakes, or with --pool-size some earlier ones (with
+            # the labels they were made from).
+            x_fake, fake_d = x, fake.detach()
+            if self.pool is not None:
+                label_p, inst_p, fake_d = self.pool.query((label, inst, fake_d), self.step)
+                x_fake = encode_labels(label_p, inst_p, cfg.label_nc, cfg.use_instance)
+            # D on fake and real in one batch (InstanceNorm is per sample, so batching them
+            # changes nothing); its gradients are applied after G has used the same D.
+            preds = self.D_run(torch.cat([torch.cat([x_fake, fake_d.to(x.dtype)], 1),
+                                          torch.cat([x, real.to(x.dtype)], 1)], 0))
+            lsgan = not opts.no_lsgan
+            loss_D_fake = gan_loss([[t[:B] for t in s] for s in preds], False, lsgan)
+            loss_D_real = gan_loss([[t[B:] for t in s] for s in preds], True, lsgan)
+            pred_real = [[t[B:].detach() for t in s] for s in preds]     # feature-matching targets
+            loss_D = 0.5 * (loss_D_fake + loss_D_real)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler_D.scale(loss_D).backward()
+
+        D.requires_grad_(False)          # G's pass must not touch D's gradients
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp):
+            pred_fake = D(torch.cat([x, fake.to(x.dtype)], 1))
+            loss_G_GAN = gan_loss(pred_fake, True, lsgan)
+            loss_G_FM = torch.zeros((), device=device) if opts.no_ganfeat_loss else \
+                feature_matching_loss(pred_fake, pred_real, opts.n_layers_d, opts.lambda_feat)
+            loss_G_VGG = self.vgg_loss(fake, real) if self.vgg_loss is not None else \
+                torch.zeros((), device=device)
+            loss_G = loss_G_GAN + loss_G_FM + loss_G_VGG
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler_G.scale(loss_G).backward()
+        D.requires_grad_(True)
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+        losses = torch.stack([loss_G_GAN.detach().float(), loss_G_FM.detach().float(),
+                              loss_G_VGG.detach().float(), loss_D_real.detach().float(),
+                              loss_D_fake.detach().float()])
+        if self.world > 1:
+            torch.distributed.all_reduce(losses)
+            losses /= self.world
+        vals = dict(zip(LOSS_NAMES, losses.tolist()))
+        for k, v in vals.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"step {self.step}: loss {k} is {v}")
+        return vals, fake.detach()
+
+
 def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
     """Run (or resume) one stage. Returns the path of the written model.pt.
 
@@ -470,27 +660,21 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
             if isinstance(e, Error):
                 raise
             raise OptionError(f"the architecture options give no valid model: {e}") from None
-    enhancers = cfg.enhancers
     check_size_of(cfg)
     if not opts.no_vgg:
         loss_module.find_vgg_weights(opts.vgg_weights)   # missing: fail before the data check
     label_names, label_colors = run_label_names(opts, cfg, state, g1_ckpt)
-    d_input_nc = cfg.label_channels + int(cfg.use_instance) + cfg.output_nc  # no features into D
-
-    def make_D() -> MultiscaleDiscriminator:
-        return MultiscaleDiscriminator(d_input_nc, opts.ndf, opts.n_layers_d, opts.num_d,
-                                       intermediate=not opts.no_ganfeat_loss)
-
     d_state = None
     if opts.load_d and state is None:       # checked on the meta device before the data check
         from p2phd_infer.official import read_state_dict
         d_state = read_state_dict(opts.load_d)
         with torch.device("meta"):
-            fit_discriminator(make_D(), d_state, opts.load_d)
+            fit_discriminator(build_discriminator(opts, cfg), d_state, opts.load_d)
 
     # Data, every file decoded and checked before step 1. H and W must divide G's stride, and
     # E's stride at E's resolution.
-    multiple = max(cfg.stride, 2 ** cfg.n_downsample_E * 2 ** enhancers if cfg.feat_num else 1)
+    multiple = max(cfg.stride, 2 ** cfg.n_downsample_E * 2 ** cfg.enhancers if cfg.feat_num
+                   else 1)
     dataset = PairedDataset(opts.dataroot, opts.dataset_mode, opts.phase, cfg.needs_instance_map,
                             opts.resize_or_crop, opts.load_size, multiple, not opts.no_flip,
                             opts.seed, cfg.label_nc, opts.fine_size)
@@ -509,14 +693,13 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
     torch.manual_seed(opts.seed)
     G = init_weights(build_generator(cfg)).to(device)
     E = init_weights(build_encoder(cfg)).to(device) if cfg.feat_num > 0 else None
-    D = init_weights(make_D()).to(device)
+    D = init_weights(build_discriminator(opts, cfg)).to(device)
     if g1_ckpt is not None and state is None:
         load_g1(G, g1_ckpt.generator, opts.load_global)
         if E is not None:
             E.load_state_dict(g1_ckpt.encoder)
     if d_state is not None:
         load_discriminator(D, d_state, opts.load_d)
-    lsgan = not opts.no_lsgan
     pool = ImagePool(opts.pool_size, opts.seed, rank) if opts.pool_size > 0 else None
     if pool is not None and state is not None and main_process:
         print(f"warning: --resume starts the --pool-size {opts.pool_size} image pool empty "
@@ -529,159 +712,35 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
     total_steps = (opts.niter + opts.niter_decay) * steps_per_epoch
     end_step = min(total_steps, opts.max_steps) if opts.max_steps else total_steps
     fix_steps = opts.niter_fix_global * steps_per_epoch if opts.stage == "local" else 0
-
-    # Optimizers. D's lives for the whole run; G's is rebuilt when the frozen phase ends.
-    betas = (opts.beta1, 0.999)
-    opt_D = torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas)
-
-    def phase_at(step: int) -> str:
-        return "fix" if step < fix_steps else "all"
-
-    def make_opt_G(phase: str) -> torch.optim.Optimizer:
-        frozen = phase == "fix"
-        G.requires_grad_(True)
-        if frozen:
-            G.model.requires_grad_(False)
-        if E is not None:
-            E.requires_grad_(not frozen)
-        params = enhancer_parameters(G) if frozen else \
-            list(G.parameters()) + (list(E.parameters()) if E is not None else [])
-        return torch.optim.Adam(params, lr=opts.lr, betas=betas)
-
-    def wrap(module: nn.Module | None) -> nn.Module | None:
-        """DDP over the parameters that train now (re-wrapped when the phase changes)."""
-        if module is None or world == 1 or not any(p.requires_grad for p in module.parameters()):
-            return module
-        ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-    amp = precision in ("bf16", "fp16")
-    amp_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-    step, train_seconds = 0, 0.0
-    phase = phase_at(0)
-    opt_G = make_opt_G(phase)
+    run = Training(opts, cfg, G, E, D, device=device, precision=precision, world=world,
+                   fix_steps=fix_steps, pool=pool, vgg_loss=vgg_loss)
     if state is not None:
-        if (E is None) != (state["E"] is None):
-            raise CheckpointError(run_dir / STATE_FILE, "does not fit this run: the encoder E "
-                                  "is " + ("missing" if state["E"] is None else "unexpected"))
-        step, train_seconds, phase = state["step"], state["train_seconds"], state["phase"]
-        opt_G = make_opt_G(phase)
-        restore(state, run_dir / STATE_FILE, {"G": G, "D": D, "E": E, "opt_G": opt_G,
-                                              "opt_D": opt_D, "scaler_G": scaler_G,
-                                              "scaler_D": scaler_D})
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-    G_run, E_run, D_run = wrap(G), wrap(E), wrap(D)
+        run.restore(state, run_dir / STATE_FILE)
+    run.G_run, run.E_run, run.D_run = run.wrap(G), run.wrap(E), run.wrap(D)
 
     # Outputs (rank 0 only).
     log_path = run_dir / "loss_log.csv"
     if main_process:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        _trim_log(log_path, step)
+        _trim_log(log_path, run.step)
         n_g = sum(p.numel() for p in G.parameters())
         n_e = sum(p.numel() for p in E.parameters()) if E is not None else 0
         H, W = dataset[0]["label"].shape[-2:]
         print(f"stage {opts.stage}: {cfg.netG} G {n_g:,} params"
               + (f", E {n_e:,}" if E is not None else "")
               + f", D {sum(p.numel() for p in D.parameters()):,}; {len(dataset)} samples at "
-              f"{W}x{H}, {steps_per_epoch} steps/epoch, steps {step}->{end_step} of "
+              f"{W}x{H}, {steps_per_epoch} steps/epoch, steps {run.step}->{end_step} of "
               f"{total_steps}; {device} {precision}, {world} process(es)", flush=True)
-
-    def save(last_batch) -> Path:
-        model_path = run_dir / "model.pt"
-        # How the photos were loaded: the feature dictionary must load them the same way.
-        info = {"stage": opts.stage, "step": step, "epoch": step / steps_per_epoch,
-                "train_seconds": round(train_seconds, 1), "resize_or_crop": opts.resize_or_crop,
-                "load_size": opts.load_size, "fine_size": opts.fine_size,
-                "dataset_mode": opts.dataset_mode}
-        extra = {"train_info": info}
-        if label_colors:
-            extra["label_colors"] = label_colors
-        save_checkpoint(Checkpoint(
-            cfg, G.state_dict(), E.state_dict() if E is not None else None, None,
-            label_names, extra), model_path)
-        save_torch_atomic({
-            "label_names": label_names, "label_colors": label_colors,
-            "options": dataclasses.asdict(opts), "config": cfg.to_dict(), "step": step,
-            "phase": phase, "train_seconds": train_seconds,
-            "G": G.state_dict(), "D": D.state_dict(), "E": E.state_dict() if E is not None else None,
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-            "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        }, run_dir / STATE_FILE)
-        if last_batch is not None:
-            label, fake, real = last_batch
-            write_image(run_dir / "samples" / f"step_{step:07d}.png",
-                        sample_grid(label, fake, real, colors=label_colors))
-        return model_path
-
-    def train_step(label, inst, real) -> tuple[dict[str, float], torch.Tensor]:
-        B = label.shape[0]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            x = encode_labels(label, inst, cfg.label_nc, cfg.use_instance)
-            g_in = x
-            if E is not None:
-                with torch.set_grad_enabled(phase == "all"):
-                    feat = encode_features(E_run, real, inst, enhancers)
-                g_in = torch.cat([x, feat.to(x.dtype)], 1)
-            fake = G_run(g_in)
-            # D's fake pass: this batch's fakes, or with --pool-size some earlier ones (with
-            # the labels they were made from).
-            x_fake, fake_d = x, fake.detach()
-            if pool is not None:
-                label_p, inst_p, fake_d = pool.query((label, inst, fake_d), step)
-                x_fake = encode_labels(label_p, inst_p, cfg.label_nc, cfg.use_instance)
-            # D on fake and real in one batch (InstanceNorm is per sample, so batching them
-            # changes nothing); its gradients are applied after G has used the same D.
-            preds = D_run(torch.cat([torch.cat([x_fake, fake_d.to(x.dtype)], 1),
-                                     torch.cat([x, real.to(x.dtype)], 1)], 0))
-            loss_D_fake = gan_loss([[t[:B] for t in s] for s in preds], False, lsgan)
-            loss_D_real = gan_loss([[t[B:] for t in s] for s in preds], True, lsgan)
-            pred_real = [[t[B:].detach() for t in s] for s in preds]     # feature-matching targets
-            loss_D = 0.5 * (loss_D_fake + loss_D_real)
-        opt_D.zero_grad(set_to_none=True)
-        scaler_D.scale(loss_D).backward()
-
-        D.requires_grad_(False)          # G's pass must not touch D's gradients
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            pred_fake = D(torch.cat([x, fake.to(x.dtype)], 1))
-            loss_G_GAN = gan_loss(pred_fake, True, lsgan)
-            loss_G_FM = torch.zeros((), device=device) if opts.no_ganfeat_loss else \
-                feature_matching_loss(pred_fake, pred_real, opts.n_layers_d, opts.lambda_feat)
-            loss_G_VGG = vgg_loss(fake, real) if vgg_loss is not None else torch.zeros((), device=device)
-            loss_G = loss_G_GAN + loss_G_FM + loss_G_VGG
-        opt_G.zero_grad(set_to_none=True)
-        scaler_G.scale(loss_G).backward()
-        D.requires_grad_(True)
-        scaler_G.step(opt_G)
-        scaler_G.update()
-        scaler_D.step(opt_D)
-        scaler_D.update()
-        losses = torch.stack([loss_G_GAN.detach().float(), loss_G_FM.detach().float(),
-                              loss_G_VGG.detach().float(), loss_D_real.detach().float(),
-                              loss_D_fake.detach().float()])
-        if world > 1:
-            torch.distributed.all_reduce(losses)
-            losses /= world
-        vals = dict(zip(LOSS_NAMES, losses.tolist()))
-        for k, v in vals.items():
-            if not math.isfinite(v):
-                raise FloatingPointError(f"step {step}: loss {k} is {v}")
-        return vals, fake.detach()
 
     bar = None
     if main_process and opts.progress:
         from tqdm import tqdm
-        bar = tqdm(total=end_step, initial=step, desc=f"{opts.name} {opts.stage}", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=end_step, initial=run.step, desc=f"{opts.name} {opts.stage}",
+                   unit="step", dynamic_ncols=True)
     model_path = run_dir / "model.pt"
     last_batch = None
-    while step < end_step:
-        epoch, skip = divmod(step, steps_per_epoch)
+    while run.step < end_step:
+        epoch, skip = divmod(run.step, steps_per_epoch)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         # The epoch's order is a pure function of (seed, epoch): a resumed run skips what it did.
@@ -691,28 +750,25 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
             num_workers=opts.num_workers, pin_memory=device.type == "cuda",
             persistent_workers=False)
         for batch in loader:
-            if phase_at(step) != phase:
-                phase = phase_at(step)
-                opt_G = make_opt_G(phase)
-                G_run, E_run = wrap(G), wrap(E)
+            if run.phase_at(run.step) != run.phase:
+                run.enter_phase(run.phase_at(run.step))
                 if main_process:
-                    print(f"\nstep {step}: G1 unfrozen; new Adam over all G"
+                    print(f"\nstep {run.step}: G1 unfrozen; new Adam over all G"
                           + (" and E" if E is not None else "") + " parameters", flush=True)
-            lr = lr_at(opts, step, steps_per_epoch)
-            for opt in (opt_G, opt_D):
-                for group in opt.param_groups:
-                    group["lr"] = lr
+            lr = lr_at(opts, run.step, steps_per_epoch)
+            run.set_lr(lr)
             t0 = time.perf_counter()
             label = batch["label"].to(device, non_blocking=True)
             inst = batch["inst"].to(device, non_blocking=True)
             real = batch["image"].to(device, non_blocking=True)
-            losses, fake = train_step(label, inst, real)
-            step += 1
+            losses, fake = run.train_step(label, inst, real)
+            run.step += 1
             dt = time.perf_counter() - t0
-            train_seconds += dt
+            run.train_seconds += dt
+            step = run.step
             if main_process:
                 _append_log(log_path, {"step": step, "epoch": f"{step / steps_per_epoch:.4f}",
-                                       "phase": phase, "lr": f"{lr:.6g}",
+                                       "phase": run.phase, "lr": f"{lr:.6g}",
                                        **{k: f"{v:.5f}" for k, v in losses.items()},
                                        "sec": f"{dt:.3f}"})
                 if bar is not None:
@@ -722,13 +778,14 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
                                     Df=f"{losses['D_fake']:.3f}", lr=f"{lr:.2e}")
                 last_batch = (label.cpu(), fake.float().cpu(), real.cpu())
                 if step % opts.save_every == 0 or step == end_step:
-                    model_path = save(last_batch)
-            if step >= end_step:
+                    model_path = run.save(run_dir, steps_per_epoch, label_names,
+                                          label_colors, last_batch)
+            if run.step >= end_step:
                 break
     if bar is not None:
         bar.close()
     if main_process and not (run_dir / "model.pt").is_file():
-        model_path = save(last_batch)
+        model_path = run.save(run_dir, steps_per_epoch, label_names, label_colors, last_batch)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
