@@ -141,15 +141,11 @@ class RunOptions(EngineOptions):
                                           "--save-comparison")
         if self.format == "mp4" and self.ray is not None:
             raise OptionError("--format", "mp4 is encoded by the local executor; drop --ray")
-        if self.ray is not None:
-            for name, given in (("--label-format", self.label_format in ("color", "carla")),
-                                ("--palette", self.palette is not None),
-                                ("--save-comparison", self.save_comparison),
-                                ("--label-map", self.label_map is not None),
-                                ("--instances", self.instances == AUTO_INSTANCES)):
-                if given:
-                    raise OptionError(name, "runs on the local executor only (for now); drop "
-                                            "--ray")
+        # Ray's workers build the same Runtime as a local run (Runtime.from_options: label
+        # format, palette, label map, derived instances); comparison pictures are local only.
+        if self.ray is not None and self.save_comparison:
+            raise OptionError("--save-comparison", "runs on the local executor only (for now); "
+                                                   "drop --ray")
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,8 @@ def run_on_ray(opts: RunOptions, on_failure=None, worker=SynthesisWorker) -> Run
         opts, engine=None if opts.engine is None else resolve(opts.engine),
         style_image=None if opts.style_image is None else resolve(opts.style_image),
         style_instances=None if opts.style_instances is None else resolve(opts.style_instances),
+        palette=None if opts.palette is None else resolve(opts.palette),
+        label_map=None if opts.label_map is None else resolve(opts.label_map),
         progress=False)
     # The driver plans before any worker opens an engine: the model file says whether its
     # inputs are RGB images (JPEG too) or label maps.

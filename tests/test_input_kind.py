@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import save_random_model
+from helpers import random_checkpoint, save_random_model
 from p2phd_infer.api import Pix2PixHD
 from p2phd_infer.config import ModelConfig
 from p2phd_infer.engines import TorchEngine
@@ -204,24 +204,35 @@ def _run_both(opts):
 
 def test_run_ray_reads_colour_maps_like_a_local_run(tmp_path):
     """The bug: Ray's Runtime had no label format or palette, so colour maps failed with a hint
-    to use --label-format auto, which was given."""
+    to use --label-format auto, which was given (the default). The model's label_colors read
+    them, or --palette FILE."""
+    from p2phd_infer.checkpoint import save_checkpoint
     from p2phd_infer.plan import RunOptions
-    model = save_random_model(tmp_path / "m.pt", IDS_IN, seed=2, std=0.2)
     colours = np.array([[0, 0, 0], [128, 64, 128], [70, 70, 70], [220, 20, 60], [0, 0, 142],
                         [107, 142, 35]], np.uint8)
-    palette = tmp_path / "palette.json"
-    palette.write_text("{" + ", ".join(f'"{i}": {{"name": "c{i}", "color": {list(map(int, c))}}}'
-                                       for i, c in enumerate(colours)) + "}")
+    ckpt = random_checkpoint(IDS_IN, seed=2, std=0.2)
+    ckpt.extra["label_colors"] = {i: [int(v) for v in c] for i, c in enumerate(colours)}
+    model = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model)
+    palette = tmp_path / "palette.json"           # the same colours, one id further on
+    palette.write_text("{" + ", ".join(f'"{(i + 1) % 6}": {{"name": "c{i}", "color": '
+                                       f'{list(map(int, c))}}}' for i, c in enumerate(colours))
+                       + "}")
     (tmp_path / "in").mkdir()
     rng = np.random.default_rng(4)
     for name in ("a", "b"):
         Image.fromarray(colours[rng.integers(0, 6, (H, W))]).save(tmp_path / "in" / f"{name}.png")
-    opts = RunOptions(labels=str(tmp_path / "in"), out=str(tmp_path / "out"), engine=str(model),
-                      device="cpu", backend="torch", label_format="auto", palette=str(palette),
-                      progress=False, batch_size=2)
-    local, want, summary, got = _run_both(opts)
-    assert local.written == 2 and summary.written == 2, summary.failures
-    assert got == want and len(got) == 2
+    results = []
+    for i, extra in enumerate(({}, {"palette": str(palette)})):
+        opts = RunOptions(labels=str(tmp_path / "in"), out=str(tmp_path / f"out{i}"),
+                          engine=str(model), device="cpu", backend="torch", progress=False,
+                          batch_size=2, **extra)
+        assert opts.label_format == "auto"
+        local, want, summary, got = _run_both(opts)
+        assert local.written == 2 and summary.written == 2, summary.failures
+        assert got == want and len(got) == 2
+        results.append(got)
+    assert results[0] != results[1]             # the palette was used, not the model's colours
 
 
 def test_run_ray_takes_jpeg_inputs_of_an_rgb_model(rgb_model, tmp_path):
