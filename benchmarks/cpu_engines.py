@@ -145,7 +145,7 @@ def bench(size, quick, reps, e2e_frames, e2e_reps, out):
     from p2phd_infer.engines.openvino_cpu import cpu_capabilities, openvino_version
     from p2phd_infer.engines.onnx import OnnxEngine
     from p2phd_infer.export.onnx_export import export_onnx
-    from p2phd_infer.local_run import describe_engine, open_run_engine, synthesize
+    from p2phd_infer.local_run import describe_engine, open_run_engine, run_jobs
 
     W, H = (256, 128) if quick else (int(v) for v in size.lower().split("x"))
     cfg = QUICK if quick else ModelConfig()
@@ -230,7 +230,7 @@ def bench(size, quick, reps, e2e_frames, e2e_reps, out):
         for n, e in e2e_engines.items():
             todo = Plan([Job(str(i), lp, ip, str(outs[n] / f"{i}.png"))
                          for i, (lp, ip) in enumerate(jobs_in)], e2e_frames, 0)
-            summary = synthesize(e, None, todo, opts)
+            summary = run_jobs(e, None, todo, opts)
             if summary.written != e2e_frames:
                 raise SystemExit(f"{n}: {summary.failed} frames failed: {summary.failures[:1]}")
             e2e[n].append(summary.seconds)

@@ -12,16 +12,29 @@ import os
 from pathlib import Path
 
 from p2phd_infer.checkpoint import Checkpoint
+from p2phd_infer.errors import OptionError
 from p2phd_infer.engines.openvino_convert import convert_checkpoint, convert_module, save_ir
 
 from .graphs import build_graph, check_size, engine_info
 
 
 def export_openvino(ckpt: Checkpoint, out: str | os.PathLike, height: int, width: int,
-                    graph: str = "generator") -> Path:
-    """model.pt -> out (.xml) and the .bin beside it, each written atomically."""
+                    graph: str = "generator", precision: str = "fp32",
+                    calibration: str | os.PathLike | None = None) -> Path:
+    """model.pt -> out (.xml) and the .bin beside it, each written atomically. precision int8:
+    the generator graph quantized by NNCF on `calibration` (engines/openvino_int8.py)."""
     check_size(ckpt.config, height, width, graph)
-    if graph == "generator":
+    if precision == "int8":
+        from p2phd_infer.engines.openvino_cpu import check_precision
+        from p2phd_infer.engines.openvino_int8 import (calibration_files, calibration_frames,
+                                                       quantize)
+        if graph != "generator":
+            raise OptionError("--precision", "int8 export is for the generator graph")
+        check_precision("int8")
+        files = calibration_files(calibration)
+        model = quantize(convert_checkpoint(ckpt, height, width),
+                         calibration_frames(files, ckpt, height, width), ckpt.config)
+    elif graph == "generator":
         model = convert_checkpoint(ckpt, height, width)
     else:
         module = build_graph(ckpt, graph)

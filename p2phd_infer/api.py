@@ -64,6 +64,7 @@ class Pix2PixHD:
 
     def __init__(self, engine: str | Path | Engine | None = None, *, device: str = "auto",
                  precision: str = "fp32", compile: bool = False, mode: str = "auto",
+                 calibration: str | Path | None = None,
                  style: str | None = None,
                  seed: int = 0, style_image: str | Path | None = None,
                  style_instances: str | Path | None = None,
@@ -74,7 +75,8 @@ class Pix2PixHD:
             raise OptionError("instances", f"None (maps given with each call) or 'auto' (derived "
                                            f"from the label map), not {instances!r}")
         self.engine = engine if isinstance(engine, Engine) else \
-            open_engine(engine, device, precision=precision, compile=compile, mode=mode)
+            open_engine(engine, device, precision=precision, compile=compile, mode=mode,
+                        calibration=calibration)
         self.style = make_style(self.engine, style, seed, style_image, style_instances,
                                 instance_styles, copy_styles)
         self.step = SynthesisStep(self.engine, self.style)

@@ -57,12 +57,21 @@ def check_state(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> No
                                   f"needs {tuple(v.shape)}")
 
 
+def _all_finite(v: torch.Tensor) -> bool:
+    # numpy for fp32/fp64 (every checkpoint here): one pass, no intra-op thread pool. Measured
+    # on 2 busy cores: 4 ms for the demo model's 4.5 M weights, against 1.2 s for torch.isfinite
+    # with 2 threads (each of its 69 calls waits for the pool).
+    if v.dtype in (torch.float32, torch.float64) and v.device.type == "cpu":
+        import numpy as np
+        return bool(np.isfinite(v.detach().numpy()).all())
+    return bool(torch.isfinite(v).all())
+
+
 def check_finite(tensors: dict, what: str) -> None:
     """CheckpointError naming the first tensor that holds NaN or infinite values: weights like
     that give black images with nothing to say why."""
     for k, v in tensors.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and \
-                not bool(torch.isfinite(v).all()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not _all_finite(v):
             n = int(v.numel() - torch.isfinite(v).sum())
             raise CheckpointError(f"{what}.{k} holds {n:,} NaN or infinite value"
                                   f"{'s' if n > 1 else ''} (of {v.numel():,}): the weights are "

@@ -30,7 +30,7 @@ def open_run_engine(opts: RunOptions, device=None) -> Engine:
     log = (lambda message: tqdm.write(message, file=sys.stderr)) if opts.progress else None
     return open_engine(opts.engine, opts.device if device is None else device,
                        precision=opts.precision, compile=opts.compile, mode=opts.mode,
-                       backend=opts.backend, log=log)
+                       backend=opts.backend, log=log, calibration=opts.calibration)
 
 
 def run_palette(engine: Engine, opts: RunOptions):
@@ -116,8 +116,9 @@ def comparison_writer(engine: Engine, jobs: list, opts: RunOptions, palette):
 
 def run_jobs(engine: Engine, style, todo: Plan, opts: RunOptions,
                on_failure: Callable[[dict], None] | None = None, palette=None,
-               label_map=None) -> RunSummary:
-    """Run the plan's jobs through a Runtime over `engine`; the summary of what happened."""
+               label_map=None, started: float | None = None) -> RunSummary:
+    """Run the plan's jobs through a Runtime over `engine`; the summary of what happened.
+    started: time.perf_counter() when the engine began to load (for time-to-first-frame)."""
     workers = opts.workers or default_workers()
     summary = RunSummary(frames=todo.frames, skipped=todo.skipped,
                          settings=dict(batch_size=opts.batch_size,
@@ -140,11 +141,25 @@ def run_jobs(engine: Engine, style, todo: Plan, opts: RunOptions,
                     on_failure(record)
             else:
                 summary.written += 1
+                if summary.written == 1:
+                    first = time.perf_counter()
             bar.update(1)
         summary.settings["batches"] = dict(sorted(rt.stats.batch_sizes.items()))
-    summary.seconds = time.perf_counter() - t0
+    end = time.perf_counter()
+    summary.seconds = end - t0
     summary.frames_per_second = summary.written / summary.seconds if summary.seconds > 0 else 0.0
+    if summary.written:
+        time_first_frame(summary, first - (t0 if started is None else started), end - first)
     return summary
+
+
+def time_first_frame(summary: RunSummary, first_seconds: float, rest_seconds: float) -> None:
+    """The start apart from the steady rate: seconds from the engine starting to load to the
+    first frame written (conversion, compile or import of the compiled blob, first-call
+    allocations, the pipeline filling), and the frames/s of the frames after it."""
+    summary.first_frame_seconds = first_seconds
+    rest = summary.written - 1
+    summary.steady_frames_per_second = rest / rest_seconds if rest and rest_seconds > 0 else 0.0
 
 
 def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None) -> RunSummary:
@@ -153,6 +168,7 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
     if opts.format == "mp4" and opts.save_comparison:
         raise OptionError("--save-comparison", "comparison pictures go with image outputs; "
                                                "drop --format mp4")
+    started = time.perf_counter()
     engine = open_run_engine(opts)
     palette = run_palette(engine, opts)
     label_map = run_label_map(engine, opts)
@@ -163,7 +179,7 @@ def run_local(opts: RunOptions, on_failure: Callable[[dict], None] | None = None
     if opts.format == "mp4":
         summary = run_videos(engine, style, todo, opts, on_failure, palette, label_map)
     else:
-        summary = run_jobs(engine, style, todo, opts, on_failure, palette, label_map)
+        summary = run_jobs(engine, style, todo, opts, on_failure, palette, label_map, started)
     summary.settings.update(engine=str(opts.engine or "demo"), device=str(engine.device),
                             precision=engine.info.precision, mode=engine.info.extra.get("mode"),
                             compile=opts.compile, seed=opts.seed, style=opts.style,

@@ -42,8 +42,12 @@ class EngineOptions:
         None, "model.pt, .pt2, .onnx, .plan or .xml (OpenVINO).", path="file",
         renamed_from=("--model",), shown_default="the bundled demo model")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto.")
-    precision: str = setting("fp32", "PyTorch engines: fp32, fp16 (CUDA) or bf16.",
-                             choices=PRECISIONS)
+    precision: str = setting("fp32", "fp32; fp16 (CUDA); bf16 (CUDA, or a CPU with native "
+                                     "BF16); int8 (OpenVINO on a CPU with VNNI/AMX: the model.pt "
+                                     "quantized by NNCF, once, cached).", choices=PRECISIONS)
+    calibration: str | None = setting(
+        None, "--precision int8: folder of label maps (PNG) to calibrate on (instance maps in a "
+              "sibling instances/ folder).", path="dir", shown_default="the bundled samples")
     mode: str = setting("auto", "PyTorch engines: auto (the fast CUDA path, checked once against "
                                 "the plain network, else plain), fast (CUDA only, no fallback) "
                                 "or plain.", choices=MODES)
@@ -63,7 +67,7 @@ class RunOptions(EngineOptions):
               "derive each frame's instance map from its label map (connected regions of each "
               "thing class, numbered class*1000+k).", path="dir")
     out: str = setting("out", "Output folder.", path="dir", required=True)
-    # auto: a model.pt on a CPU runs on OpenVINO where it can (local_run.choose_backend), else
+    # auto: a model.pt on a CPU runs on OpenVINO where it can (engines/choice.py), else
     # PyTorch; torch; openvino (a model.pt, .onnx or .xml on OpenVINO's CPU plugin)
     backend: str = setting(
         "auto", "What runs a model.pt: auto (on a CPU OpenVINO, converted once per frame size "
@@ -172,6 +176,9 @@ class RunSummary:
     failed: int = 0
     seconds: float = 0.0          # synthesis wall time, engine load excluded
     frames_per_second: float = 0.0
+    # Engine start to first frame written (local runs), and the frames/s after the first.
+    first_frame_seconds: float | None = None
+    steady_frames_per_second: float | None = None
     failures: list[dict] = field(default_factory=list)   # {"file": ..., "fault": ...}
     settings: dict = field(default_factory=dict)
 
@@ -181,9 +188,14 @@ class RunSummary:
 
     def line(self, where: str = "") -> str:
         ran = f"; {self.settings['ran']}" if self.settings.get("ran") else ""
+        start = ""
+        if self.first_frame_seconds is not None:
+            start = f"; first frame {self.first_frame_seconds:.2f} s after the engine began " \
+                    f"loading" + (f", then {self.steady_frames_per_second:.2f} frames/s"
+                                  if self.steady_frames_per_second else "")
         return (f"{self.frames} frames: {self.written} written, {self.skipped} skipped (exist), "
                 f"{self.failed} failed; {self.frames_per_second:.2f} frames/s "
-                f"({self.seconds:.1f} s){where}{ran}")
+                f"({self.seconds:.1f} s){start}{where}{ran}")
 
     def write_json(self, path: str) -> None:
         write_atomic(path, json.dumps(asdict(self), indent=2) + "\n", streams=True)

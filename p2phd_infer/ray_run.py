@@ -149,6 +149,7 @@ def run_on_ray(opts: RunOptions, on_failure=None, worker=SynthesisWorker) -> Run
     opts = dataclasses.replace(
         opts, engine=None if opts.engine is None else resolve(opts.engine),
         style_image=None if opts.style_image is None else resolve(opts.style_image),
+        calibration=None if opts.calibration is None else resolve(opts.calibration),
         style_instances=None if opts.style_instances is None else resolve(opts.style_instances),
         palette=None if opts.palette is None else resolve(opts.palette),
         label_map=None if opts.label_map is None else resolve(opts.label_map),

@@ -148,3 +148,19 @@ def test_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
         os.utime(tmp_path / f"e{i}" / "entry.json", (1000 + i, 1000 + i))
     openvino_cache._evict(tmp_path, keep=tmp_path / "e0")      # e0: the one just built
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e0", "e3", "e4"]
+
+
+def test_run_reports_time_to_first_frame_apart_from_steady_rate(tmp_path, cache):
+    from test_engine_openvino import run_cli, write_frames
+    path = tmp_path / "model.pt"
+    save_checkpoint(checkpoint(seed=10), path)
+    write_frames(tmp_path / "d", 3, np.random.default_rng(1))
+    for i in range(2):           # the second run imports the compiled blob
+        code, out = run_cli(["run", tmp_path / "d" / "test_label", "--engine", path, "--out",
+                             tmp_path / f"o{i}", "--device", "cpu", "--no-progress",
+                             "--summary-json", tmp_path / f"s{i}.json"])
+        assert code == 0, out
+    summary = json.loads((tmp_path / "s1.json").read_text())
+    assert 0 < summary["first_frame_seconds"] <= summary["seconds"] + 60
+    assert summary["steady_frames_per_second"] > 0
+    assert "first frame" in out and "after the engine began loading, then" in out

@@ -46,7 +46,8 @@ def edit_cmd(**options):
     samples += [s for s in demo_samples() if s.name not in names]
     sock = _listen(o.host, o.port)
     from ..engines import open_engine
-    eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode)
+    eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode,
+                      calibration=o.calibration)
     app = create_app(eng, max_batch_size=o.max_batch_size, max_delay_us=EDITOR_DELAY_US,
                      max_pixels=max_pixels, editor=True, samples=samples,
                      access=AccessPolicy.for_bind(o.host))

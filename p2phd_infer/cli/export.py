@@ -45,6 +45,13 @@ def _size(ctx, param, value):
 @click.option("--fp16/--fp32", default=None,
               help="Precision. tensorrt: fp16 by default (normalization kept fp32); aoti: fp32 "
                    "by default, fp16 needs --device cuda; onnx: fp32 only.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True,
+              help="openvino: int8 quantizes the IR with NNCF post-training quantization "
+                   "(calibrated on --calibration; first/last layers and InstanceNorm kept f32).")
+@click.option("--calibration", type=click.Path(file_okay=False),
+              help="--precision int8: folder of label maps (PNG) to calibrate on [default: the "
+                   "bundled samples].")
 @click.option("--device", default="auto", show_default=True,
               help="aoti: compile for cpu or cuda (auto: cuda if present); tensorrt: the GPU.")
 @click.option("--graph", type=click.Choice(["generator", "style"]), default="generator",
@@ -69,7 +76,7 @@ def _size(ctx, param, value):
               help="Compare the written engine with the fp32 PyTorch model on random inputs.")
 def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, graph,
                timing_cache, check, dynamic_size=False, min_size=None, opt_size=None,
-               max_size=None):
+               max_size=None, precision="fp32", calibration=None):
     """Export a model.pt to an engine file that `p2phd-infer run --engine FILE` takes as is.
 
     The engine file carries the architecture, label names, feature dictionary, frame size, max
@@ -84,6 +91,11 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
     if fmt == "openvino" and fp16:
         raise OptionError("--fp16", "the OpenVINO IR keeps fp32 weights; the precision (fp32 or "
                                     "bf16) is chosen at run time: run --precision")
+    if precision == "int8" and (fmt != "openvino" or graph != "generator"):
+        raise OptionError("--precision", "int8 is an OpenVINO generator graph (--format "
+                                         "openvino, --graph generator)")
+    if calibration is not None and precision != "int8":
+        raise OptionError("--calibration", "calibrates --precision int8")
     sizes = {"--min-size": min_size, "--opt-size": opt_size, "--max-size": max_size}
     if dynamic_size and fmt not in ("onnx", "tensorrt"):
         raise OptionError("--dynamic-size", "onnx and tensorrt only (openvino and aoti engines "
@@ -100,7 +112,7 @@ def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, gr
                    max_size=max_size) if dynamic_size else None
     with tqdm(total=3, desc=f"export {fmt}", unit="step", leave=False) as bar:
         engine = _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph,
-                         timing_cache, bar, dynamic)
+                         timing_cache, bar, dynamic, (precision, calibration))
         bar.update(1)
         result = None
         if check:
@@ -141,7 +153,7 @@ def _validate(ckpt, fmt, height, width, fp16, device, graph) -> None:
 
 
 def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timing_cache, bar,
-            dynamic=None):
+            dynamic=None, quantization=("fp32", None)):
     from ..export.onnx_export import export_onnx
     dynamic = dynamic or {}
     # The ONNX graph's range: for TensorRT from min to max of its profile (max defaults to opt).
@@ -151,8 +163,10 @@ def _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph, timin
         (dynamic["max_size"] or dynamic["opt_size"] or (height, width)))
     if fmt == "openvino":
         from ..export.openvino_export import export_openvino
-        bar.set_postfix_str("OpenVINO (PyTorch frontend)")
-        export_openvino(ckpt, out, height, width, graph)
+        precision, calibration = quantization
+        bar.set_postfix_str("OpenVINO (PyTorch frontend" +
+                            (", NNCF int8 calibration)" if precision == "int8" else ")"))
+        export_openvino(ckpt, out, height, width, graph, precision, calibration)
         bar.update(1)
         return open_engine(out, "cpu")
     if fmt == "onnx":

@@ -52,7 +52,8 @@ def serve_cmd(**options):
                   grpc_address=grpc_address)
     model_repository = o.model_repository
     if model_repository is None:
-        eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode)
+        eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode,
+                          calibration=o.calibration)
         app = create_app(eng, model_name=o.model_name, max_batch_size=o.max_batch_size,
                          max_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
                          style_cache=o.style_cache, **limits)
@@ -63,6 +64,7 @@ def serve_cmd(**options):
                                  style_cache=o.style_cache)
         repo = Repository(model_repository,
                           lambda path: open_engine(path, o.device, precision=o.precision,
+                                                   calibration=o.calibration,
                                                    mode=o.mode), settings)
         found = repo.scan()
         explicit = o.model_control_mode == "explicit"

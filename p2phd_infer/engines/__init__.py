@@ -25,17 +25,11 @@ from ..errors import EngineError
 from .base import (MAX_INSTANCE_ID, PRECISIONS, Engine, EngineInfo, info_from_json, info_to_json,
                    resolve_device, sidecar_path)
 from .choice import BACKENDS, choose_backend, describe_engine
+from .demo import default_engine_path
 from .pytorch import MODES, FastPathWarning, TorchEngine
 
 SUFFIXES = {".pt": "torch", ".onnx": "onnx", ".pt2": "aoti", ".plan": "tensorrt",
             ".engine": "tensorrt", ".xml": "openvino"}
-
-
-def default_engine_path() -> Path:
-    """The demo model shipped in the package (trained on synthetic street scenes)."""
-    # Beside the package, not importlib.resources: under an editable install with mapped package
-    # folders, resources.files() gives a MultiplexedPath that does not convert to a real path.
-    return Path(__file__).resolve().parent.parent / "assets" / "demo" / "model.pt"
 
 
 def open_engine(path: str | Path | None = None, device=None, *, precision: str = "fp32",

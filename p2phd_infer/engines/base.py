@@ -30,7 +30,8 @@ METADATA_KEY = "p2phd_infer"     # metadata_props key (ONNX) / metadata key (AOT
 METADATA_FORMAT = "p2phd-infer-engine"
 METADATA_VERSION = 1
 GRAPHS = ("generator", "style")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# int8: an OpenVINO graph quantized by NNCF (engines/openvino_int8.py).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Instance ids of exported style graphs index a table: the range of 16-bit instance PNGs.
 MAX_INSTANCE_ID = 65535
 

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import EngineError
+from ..errors import EngineError, OptionError
 from .base import METADATA_KEY, Engine, EngineInfo, check_graph, info_from_json
 from .openvino_cache import cached_ir, compiled_cache
 from .openvino_convert import INT_INPUTS, convert_checkpoint
@@ -91,6 +91,15 @@ class OpenvinoEngine(Engine):
                                          f"{len(model.outputs)} outputs)")
         if info.size is None:
             raise EngineError(self.path, "the metadata names no frame size")
+        # An int8 graph carries its precision (its FakeQuantize nodes); a float graph takes the
+        # one asked for.
+        if (info.precision == "int8") != (precision == "int8"):
+            if precision == "int8":
+                raise OptionError("--precision", f"int8 needs a quantized graph, and "
+                                                 f"{self.path.name} is {info.precision}: export "
+                                                 f"--format openvino --precision int8, or run "
+                                                 f"the model.pt")
+            precision = "int8"
         self._reshape_batch1(model, info.size)
         self.streams = max(1, int(streams or 1))
         cores = cpu_cores()
@@ -249,7 +258,9 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
                   log: Callable[[str], None] | None = None,
                   checkpoint=None, calibration=None) -> OpenvinoModelEngine:
     """model.pt on OpenVINO's CPU plugin, converted per frame size on first use and cached.
-    `checkpoint`: the file already loaded (it is then not read again)."""
+    `checkpoint`: the file already loaded (it is then not read again). precision int8:
+    quantized by NNCF on `calibration` (a folder of label maps; None: the bundled samples),
+    cached per weights, size and calibration set (openvino_int8.py)."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():                 # worded as open_engine words it
         raise EngineError(ckpt_path, "no such engine file" if not ckpt_path.exists()
@@ -259,9 +270,28 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
     from ..checkpoint import load_checkpoint
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(ckpt_path)
 
+    if precision == "int8":
+        from .openvino_int8 import calibration_digest, calibration_files, import_nncf
+        import_nncf()
+        files = calibration_files(calibration)       # an empty folder fails now, in one line
+        variant = f"calibration {calibration_digest(files)}"
+    else:
+        files, variant = None, ""
+
+    def make(height: int, width: int):
+        if precision != "int8":
+            return convert_checkpoint(ckpt, height, width)
+        # Quantized from the fp32 entry (converted now if absent): one conversion serves both.
+        from .openvino_int8 import calibration_frames, quantize
+        f32 = cached_ir(ckpt_path, height, width, "fp32", root=root, log=log,
+                        make=lambda: convert_checkpoint(ckpt, height, width))
+        return quantize(core().read_model(str(f32)), calibration_frames(files, ckpt, height,
+                                                                       width), ckpt.config)
+
     def build(height: int, width: int, rebuild: bool = False) -> Path:
         return cached_ir(ckpt_path, height, width, precision, rebuild=rebuild, root=root,
-                         log=log, make=lambda: convert_checkpoint(ckpt, height, width))
+                         log=log, variant=variant, make=lambda: make(height, width),
+                         what=" int8 (NNCF calibration)" if precision == "int8" else "")
 
     return OpenvinoModelEngine(ckpt_path, build, device, precision=precision, streams=streams,
                                checkpoint=ckpt)

@@ -18,7 +18,7 @@ import torch
 from ..devices import parse_device
 from ..errors import MissingDependency, OptionError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 # INFERENCE_PRECISION_HINT per precision: an int8 model computes its quantized layers in int8
 # and keeps the layers left in float (openvino_int8.IGNORED) in f32.
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

@@ -20,7 +20,7 @@ import torch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import EngineError, OptionError
 from ..synthesizer import Synthesizer, psnr
-from .base import PRECISIONS, Engine, EngineInfo, resolve_device
+from .base import Engine, EngineInfo, resolve_device
 
 MODES = ("auto", "fast", "plain")
 COMPILE_MODES = (None, "default", "max-autotune")
@@ -51,8 +51,10 @@ class TorchEngine(Engine):
     def __init__(self, ckpt: Checkpoint | str | Path, device: str | torch.device | None = None,
                  *, precision: str = "fp32", compile: bool | str | None = None,
                  mode: str = "auto", fast_options: dict | None = None):
-        if precision not in PRECISIONS:
-            raise OptionError("--precision", f"{precision!r}: one of {', '.join(PRECISIONS)}")
+        if precision not in DTYPES:
+            why = " (int8 runs on the OpenVINO CPU engine)" if precision == "int8" else ""
+            raise OptionError("--precision", f"{precision!r} for the PyTorch engine: one of "
+                                             f"{', '.join(DTYPES)}{why}")
         if mode not in MODES:
             raise OptionError("--mode", f"{mode!r}: one of {', '.join(MODES)}")
         compile = "default" if compile is True else (None if compile is False else compile)
