@@ -170,3 +170,45 @@ def test_api_and_runtime_derive_instances_and_map_ids(model, tmp_path):
         mapped(frames[0])
     with pytest.raises(Exception, match="'auto'"):
         Pix2PixHD(model, device="cpu", instances="yes")
+
+
+def test_serve_derives_instances_and_maps_ids(model, tmp_path):
+    """serve --instances auto / --label-map (through create_app): 'inst' is optional in the
+    model configuration, and a request with only a label map (KServe JSON, and /v1/synthesize)
+    gets the image of the label map with its derived instances."""
+    import io
+
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from p2phd_infer.engines import TorchEngine
+    from p2phd_infer.label_map import LabelMap
+    from p2phd_infer.serve.app import create_app
+    engine = TorchEngine(model, "cpu")
+    lab = frame(2)
+    want = Pix2PixHD(engine)(lab, instances_from_labels(lab))
+    shift = LabelMap({c + 100: c for c in (ROAD, SIDEWALK, SKY, PERSON, CAR)}, "m.json")
+    with TestClient(create_app(engine, derive_instances=True, label_map=shift)) as client:
+        cfg = client.get("/v2/models/p2phd/config").json()
+        assert {i["name"]: i["optional"] for i in cfg["input"]} == {"label": False,
+                                                                    "inst": True}
+        src = (lab.astype(np.int32) + 100)
+        req = {"inputs": [{"name": "label", "datatype": "INT32", "shape": [1, 1, H, W],
+                           "data": src.ravel().tolist()}]}
+        r = client.post("/v2/models/p2phd/infer", json=req)
+        assert r.status_code == 200, r.text
+        out = np.array(r.json()["outputs"][0]["data"], np.uint8).reshape(H, W, 3)
+        np.testing.assert_array_equal(out, want)
+        buf = io.BytesIO()
+        Image.fromarray(src.astype(np.uint8)).save(buf, format="PNG")
+        r = client.post("/v1/synthesize", files={"label": buf.getvalue()})
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), want)
+        req["inputs"][0]["data"] = lab.astype(np.int32).ravel().tolist()   # unmapped ids
+        r = client.post("/v2/models/p2phd/infer", json=req)
+        assert r.status_code == 400 and "which the label map m.json does not map" in r.text
+    with TestClient(create_app(engine)) as client:      # without: 'inst' is required
+        r = client.post("/v2/models/p2phd/infer", json={"inputs": [
+            {"name": "label", "datatype": "INT32", "shape": [1, 1, H, W],
+             "data": lab.astype(np.int32).ravel().tolist()}]})
+        assert r.status_code == 400 and "--instances auto" in r.text

@@ -51,17 +51,24 @@ def serve_cmd(**options):
     limits = dict(max_body_bytes=o.max_body_bytes, max_pixels=o.max_pixels, access=access,
                   grpc_address=grpc_address)
     model_repository = o.model_repository
+    from ..label_map import read_label_map
+    label_map = read_label_map(o.label_map) if o.label_map else None
     if model_repository is None:
         eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode,
                           calibration=o.calibration)
         app = create_app(eng, model_name=o.model_name, max_batch_size=o.max_batch_size,
                          max_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
-                         style_cache=o.style_cache, **limits)
+                         style_cache=o.style_cache, derive_instances=o.instances == "auto",
+                         label_map=label_map and label_map.for_model(eng.config.label_nc),
+                         **limits)
         what = f"model {o.model_name!r} ({eng.name}, {eng.device})"
     else:
+        # One label map for every model of the repository: its targets are checked per frame
+        # against the model that serves it (ids.check_maps).
         settings = ModelSettings(max_batch_size=o.max_batch_size,
                                  max_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
-                                 style_cache=o.style_cache)
+                                 style_cache=o.style_cache,
+                                 derive_instances=o.instances == "auto", label_map=label_map)
         repo = Repository(model_repository,
                           lambda path: open_engine(path, o.device, precision=o.precision,
                                                    calibration=o.calibration,

@@ -56,8 +56,8 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
                style_cache: int = 4, jpeg_quality: int = 95, decode_workers: int | None = None,
                editor: bool = False, samples: list | None = None,
                dataplane: DataPlane | None = None, access: AccessPolicy | None = None,
-               grpc_address: str | None = None
-               ) -> Starlette:
+               grpc_address: str | None = None, derive_instances: bool = False,
+               label_map=None) -> Starlette:
     """The app over one `engine` served as `model_name` version 1, or over a `dataplane` (a model
     repository, several models). The models' Runtimes start with the app (lifespan startup) and
     are closed, after every admitted frame is answered, at shutdown. editor: also serve the
@@ -71,7 +71,8 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
             raise OptionError("engine", "create_app needs an engine or a dataplane")
         settings = ModelSettings(max_batch_size=max_batch_size, max_delay_us=max_delay_us,
                                  max_queue=max_queue, style_cache=style_cache,
-                                 decode_workers=decode_workers)
+                                 decode_workers=decode_workers,
+                                 derive_instances=derive_instances, label_map=label_map)
         dataplane = DataPlane([ServedModel(model_name, DEFAULT_VERSION, engine, settings,
                                            max_pixels=max_pixels,
                                            source=getattr(engine, "path", None))],

@@ -139,6 +139,10 @@ class ModelSettings:
     max_queue: int = 64
     style_cache: int = 4
     decode_workers: int | None = None
+    # serve --instances auto: a request without 'inst' gets one derived from its label map;
+    # serve --label-map: label maps arrive in the map's source ids (label_map.LabelMap)
+    derive_instances: bool = False
+    label_map: object | None = None
 
 
 class ServedModel:
@@ -166,7 +170,8 @@ class ServedModel:
         self.pool = RuntimePool(self.engine, max_batch_size=self.max_batch_size,
                                 max_delay_us=s.max_delay_us, max_queue=s.max_queue,
                                 max_pixels=self.max_pixels, style_cache=s.style_cache,
-                                decode_workers=s.decode_workers)
+                                decode_workers=s.decode_workers,
+                                derive_instances=s.derive_instances, label_map=s.label_map)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -225,7 +230,9 @@ class ServedModel:
             "version_policy": {"all": {}},
             "max_batch_size": self.max_batch_size,
             "input": [{"name": n, "data_type": "TYPE_" + types[n],
-                       "format": "FORMAT_NONE", "dims": dims[n], "optional": n == "feat",
+                       "format": "FORMAT_NONE", "dims": dims[n],
+                       "optional": n == "feat" or (n == "inst" and
+                                                   self.settings.derive_instances),
                        "allow_ragged_batch": False, "is_shape_tensor": False}
                       for n in self.inputs],
             "output": [{"name": "image", "data_type": "TYPE_UINT8", "dims": [H, W, 3],
@@ -443,8 +450,9 @@ class DataPlane:
                 raise InputError("inst", f"shape {list(inst.shape)} differs from label's "
                                          f"{list(label.shape)}" +
                                  (f" (expected {list(want)})" if rgb else ""))
-        elif m.engine.config.needs_instance_map:
-            raise InputError("inst", "this model needs an instance map input 'inst'")
+        elif m.engine.config.needs_instance_map and not m.settings.derive_instances:
+            raise InputError("inst", "this model needs an instance map input 'inst' (or a "
+                                     "server started with --instances auto)")
         outputs = req.outputs or [("image", req.binary_default)]
         for name, _ in outputs:
             if name != "image":

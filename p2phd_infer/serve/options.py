@@ -73,6 +73,13 @@ class ServeOptions(ServerOptions):
     insecure_no_auth: bool = setting(
         False, "Allow a non-loopback --host without an API key (behind a proxy that "
                "authenticates).")
+    instances: str = setting(
+        "given", "auto: a request without an 'inst' input gets an instance map derived from its "
+                 "label map (connected regions of each thing class, numbered class*1000+k).",
+        choices=("given", "auto"))
+    label_map: str | None = setting(
+        None, "Requests' label maps are in this map's source ids (JSON {\"14\": 26} or "
+              "`SOURCE ID` lines), mapped to the model's ids.", path="file")
 
     def __post_init__(self):
         check(self)

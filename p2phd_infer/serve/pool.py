@@ -26,6 +26,7 @@ from ..api import make_style
 from ..engines import Engine
 from ..engines.base import resolve_device
 from ..errors import EngineFault, InputError, OptionError, QueueFull, RuntimeClosed
+from ..ids import remap_arrays
 from ..runtime import FrameTiming, Runtime
 from ..styles import as_integer
 from ..step import SynthesisStep
@@ -67,8 +68,11 @@ class RuntimePool:
 
     def __init__(self, engine: Engine, *, max_batch_size: int = 1, max_delay_us: int = 0,
                  max_queue: int = 64, max_pixels: int | None = None, style_cache: int = 4,
-                 decode_workers: int | None = None):
+                 decode_workers: int | None = None, derive_instances: bool = False,
+                 label_map=None):
         self.engine = engine
+        self.derive_instances = derive_instances
+        self.label_map = label_map
         self.shared = SerializedEngine(engine)
         self.cfg = engine.config
         # The feature-map path's step (no style: the request brings its feature map).
@@ -150,7 +154,8 @@ class RuntimePool:
         rt = Runtime(self.shared, style=style, max_batch_size=self.max_batch_size,
                      max_queue_delay_us=self.max_delay_us, max_queue_size=self.max_queue,
                      block_when_full=False, decode_workers=self.decode_workers,
-                     encode_workers=1, max_pixels=self.max_pixels)
+                     encode_workers=1, max_pixels=self.max_pixels,
+                     derive_instances=self.derive_instances, label_map=self.label_map)
         self._runtimes[key] = rt
         while len(self._runtimes) > self.style_cache + 1:
             old = next(k for k in self._runtimes if k != self._default_key)
@@ -225,6 +230,15 @@ class RuntimePool:
 
     def _run_with_features(self, label, inst, feat, name, t_submit: int):
         cfg = self.cfg
+        if self.label_map is not None or (self.derive_instances and inst is None):
+            pairs = [remap_arrays(label[b], None if inst is None else inst[b], cfg, "label",
+                                  label_map=self.label_map,
+                                  derive_instances=self.derive_instances)
+                     for b in range(label.shape[0])]
+            label = np.stack([np.asarray(p[0]).reshape(p[0].shape[-2:]) for p in pairs])[:, None]
+            if pairs[0][1] is not None:
+                inst = np.stack([np.asarray(p[1]).reshape(p[1].shape[-2:])
+                                 for p in pairs])[:, None]
         label_t, inst_t, _ = self.step.batch_inputs(label, inst, name="label", inst_name="inst",
                                                     max_pixels=self.max_pixels)
         B, _, H, W = label_t.shape
