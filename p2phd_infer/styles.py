@@ -156,17 +156,21 @@ def instance_style(instances: dict[int, int] | None = None,
 
 
 def resolve_copies(copies: dict[int, int]) -> dict[int, int]:
-    """{target: source} -> {target: the end of its chain}; OptionError on a cycle."""
-    out = {}
+    """{target: source} -> {target: the end of its chain}; OptionError on a cycle. Each instance
+    is walked once (a chain's ends are shared), so a long chain costs its length, not its square."""
+    out: dict[int, int] = {}
     for start in copies:
-        seen, node = [start], copies[start]
-        while node in copies:
-            if node in seen:
-                loop = " -> ".join(f"#{i}" for i in seen + [node])
+        path, on_path, node = [], set(), start
+        while node in copies and node not in out:
+            if node in on_path:
+                loop = " -> ".join(f"#{i}" for i in path[path.index(node):] + [node])
                 raise OptionError(f"--style: instance style copies form a cycle ({loop})")
-            seen.append(node)
+            path.append(node)
+            on_path.add(node)
             node = copies[node]
-        out[start] = node
+        end = out.get(node, node)
+        for i in path:
+            out[i] = end
     return out
 
 
