@@ -19,7 +19,7 @@ def served_engine(monkeypatch, command, *args):
     import p2phd_infer.cli.serve as serve_cli
     seen = {}
 
-    def run_server(app, sock, log_level):
+    def run_server(app, sock, *args, **kwargs):
         seen["app"] = app
         sock.close()
 
