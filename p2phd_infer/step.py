@@ -66,19 +66,11 @@ class SynthesisStep:
 
     def labels(self, x, name: str, what: str = "label map") -> tuple[torch.Tensor, bool]:
         """An in-memory label input -> ([B,C,H,W] tensor, whether it was one frame without a
-        batch dimension). ids: C 1, uint8 or int32 on the host (range-checked by check), or as
+        batch dimension). ids: C 1, uint8 or int32 on the host (range-checked by batch_inputs), or as
         given on the engine's CUDA device; rgb: uint8, C 3. InputError naming `name`."""
         if self.kind == IDS:
             t = as_ids(x, what, name, self.device)
-            single = t.dim() == 2
-            if t.dim() == 2:
-                t = t[None, None]
-            elif t.dim() == 3:
-                t = t[:, None]
-            elif t.dim() != 4 or t.shape[1] != 1:
-                raise InputError(name, f"{what} has shape {tuple(t.shape)}; expected [H,W], "
-                                       f"[B,H,W] or [B,1,H,W] ids")
-            return t, single
+            return _id_batch(t, what, name), t.dim() == 2
         t = as_tensor(x, "input image", name)
         if t.dtype != torch.uint8 or t.dim() not in (3, 4) or t.shape[-1] != 3:
             raise InputError(name, f"a label_nc 0 model takes RGB input images, uint8 [H,W,3] "
@@ -94,15 +86,7 @@ class SynthesisStep:
 
     def instances(self, x, name: str) -> torch.Tensor:
         """An in-memory instance map -> [B,1,H,W] ids (as as_ids gives them)."""
-        t = as_ids(x, "instance map", name, self.device)
-        if t.dim() == 2:
-            t = t[None, None]
-        elif t.dim() == 3:
-            t = t[:, None]
-        elif t.dim() != 4 or t.shape[1] != 1:
-            raise InputError(name, f"instance map has shape {tuple(t.shape)}; expected [H,W], "
-                                   f"[B,H,W] or [B,1,H,W]")
-        return t
+        return _id_batch(as_ids(x, "instance map", name, self.device), "instance map", name)
 
     def batch_inputs(self, label, inst, *, name: str = "label", inst_name: str | None = "inst",
                      max_pixels: int | None = None):
@@ -169,3 +153,14 @@ class SynthesisStep:
                                f"{(B, 3, H, W)}")
         return image
 
+
+def _id_batch(t: torch.Tensor, what: str, name: str) -> torch.Tensor:
+    """ids [H,W], [B,H,W] or [B,1,H,W] -> [B,1,H,W] (a view)."""
+    if t.dim() == 2:
+        return t[None, None]
+    if t.dim() == 3:
+        return t[:, None]
+    if t.dim() != 4 or t.shape[1] != 1:
+        raise InputError(name, f"{what} has shape {tuple(t.shape)}; expected [H,W], [B,H,W] "
+                               f"or [B,1,H,W] ids")
+    return t
