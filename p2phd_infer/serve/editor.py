@@ -55,6 +55,7 @@ from starlette.staticfiles import StaticFiles
 from ..engines import MAX_INSTANCE_ID, Engine, describe_engine
 from ..errors import AccessDenied, InputError, OptionError
 from ..image_io import encode_image, read_id_png
+from ..sim import instances_from_labels
 from ..labels import CITYSCAPES_LABELS, CITYSCAPES_THINGS, INSTANCES_PER_CLASS
 from ..styles import instance_style, split_instance_style
 
@@ -188,8 +189,10 @@ def editor_routes(models, endpoint, read_body, samples: list[Sample], *, default
     def load(label_src, inst_src, label_name: str, inst_name: str):
         label = read_id_png(label_src, max_pixels, name=label_name)
         if inst_src is None:
-            # No instance map: every class is one region (the Cityscapes stuff convention).
-            inst = label.copy()
+            # No instance map: derived as `--instances auto` derives it (each connected region
+            # of a thing class one object, class*1000+k; stuff keeps its class id), so every
+            # car of a simulator's label map can be selected and restyled on its own.
+            inst = instances_from_labels(label, name=label_name)
         else:
             inst = read_id_png(inst_src, max_pixels, name=inst_name)
             if inst.shape != label.shape:
