@@ -12,15 +12,13 @@ import base64
 import io
 import os
 import shutil
-import threading
-import time
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import cli_server, free_port, random_checkpoint
+from helpers import cli_server, random_checkpoint
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="Playwright for Python is not installed "
@@ -350,67 +348,50 @@ def _render(pg, choices: dict[int, int]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")).astype(int)
 
 
-@contextmanager
-def in_process_server(app):
-    """`app` on uvicorn in a thread, on a free loopback port: its URL."""
-    import uvicorn
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_the_model_picker_renders_through_the_chosen_model(browser, tmp_path):
-    """A server with two models (a model repository): the page lists them from the repository
-    index and renders through the one chosen; without the index, it offers the one model
-    /editor/info names."""
+    """`serve --model-repository DIR --editor` with two models: the page lists them from the
+    repository index and renders through the one chosen; without the index, it offers the one
+    model /editor/info names."""
+    from dataclasses import replace
+
     from p2phd_infer.api import Pix2PixHD
+    from p2phd_infer.checkpoint import save_checkpoint
     from p2phd_infer.config import ModelConfig
-    from p2phd_infer.engines import TorchEngine
     from p2phd_infer.labels import CITYSCAPES_NAMES
-    from p2phd_infer.serve.app import create_app
-    from p2phd_infer.serve.dataplane import DataPlane, ModelSettings, ServedModel
-    from p2phd_infer.serve.editor import Sample
-    tiny = dict(netG="global", ngf=4, n_downsample_global=1, n_blocks_global=1)
-    street = TorchEngine(random_checkpoint(ModelConfig(label_nc=35, **tiny), seed=1, std=0.2),
-                         "cpu")
-    street.info.label_names = CITYSCAPES_NAMES
-    small = TorchEngine(random_checkpoint(ModelConfig(label_nc=12, **tiny), seed=2, std=0.2),
-                        "cpu")
-    label = np.full((64, 96), 7, np.uint8)
-    label[:20] = 11
-    label[40:, 50:] = 8
-    Image.fromarray(label).save(tmp_path / "scene.png")
-    settings = ModelSettings(max_batch_size=4)
-    dp = DataPlane([ServedModel("street", "1", street, settings),
-                    ServedModel("small", "3", small, settings)])
-    app = create_app(dataplane=dp, editor=True, samples=[Sample("scene", tmp_path / "scene.png")])
+    cfg = ModelConfig(label_nc=35, netG="global", ngf=4, n_downsample_global=1,
+                      n_blocks_global=1)
+    files = {"street": tmp_path / "repo" / "street" / "1" / "model.pt",
+             "small": tmp_path / "repo" / "small" / "3" / "model.pt"}
+    names = {"street": CITYSCAPES_NAMES, "small": {i: f"class {i}" for i in range(35)}}
+    for seed, (name, path) in enumerate(files.items()):
+        path.parent.mkdir(parents=True)
+        save_checkpoint(replace(random_checkpoint(cfg, seed=seed, std=0.2),
+                                label_names=names[name]), path)
+    args = ["serve", "--model-repository", tmp_path / "repo", "--editor", "--no-grpc",
+            "--device", "cpu", "--mode", "plain"]
     options = "[...document.querySelectorAll('#model-pick option')].map(o => o.text)"
-    with in_process_server(app) as url, opened(browser, url) as pg:
+    with cli_server(args, tmp_path / "serve.log", timeout_s=START_TIMEOUT_S) as (proc, url), \
+            opened(browser, url) as pg:
+        assert f"the editor: open {url}/" in (tmp_path / "serve.log").read_text()
         # The repository index (sorted by name); the server's first model is the one shown.
         assert pg.evaluate(options) == ["small", "street"]
         assert pg.evaluate("editor.state.modelsFrom") == "index"
         assert not pg.is_disabled("#model-pick") and pg.input_value("#model-pick") == "0"
-        assert pg.evaluate("[editor.state.info.model, editor.state.info.version, "
-                           "editor.state.info.classes.length]") == ["small", "3", 12]
+        assert pg.evaluate("[editor.state.info.model, editor.state.info.version]") == \
+            ["small", "3"]
+        assert pg.inner_text("#classes li[data-id='7'] .name") == "class 7"
+        assert pg.inner_text("#classes li[data-id='7'] .thing") == "\u25c6"   # not Cityscapes'
         lab, inst = maps(pg)
-        assert np.array_equal(image(pg), Pix2PixHD(small)(lab, inst))
+        want = {n: Pix2PixHD(f, device="cpu", mode="plain")(lab, inst) for n, f in files.items()}
+        assert np.array_equal(image(pg), want["small"])
         pg.select_option("#model-pick", label="street")
         pg.wait_for_function("editor.state.info.model === 'street' && editor.settled() && "
                              "editor.state.renders > 1")
-        assert pg.locator("#classes li").count() == 35
+        assert pg.inner_text("#classes li[data-id='7'] .name") == "road"
+        assert pg.inner_text("#classes li[data-id='7'] .thing") == ""
         assert pg.inner_text("#classes li[data-id='26'] .thing") == "\u25c6"
         assert "street version 1" in pg.get_attribute("#engine", "title")
-        assert np.array_equal(image(pg), Pix2PixHD(street)(lab, inst))
+        assert np.array_equal(image(pg), want["street"])
         # A server without the repository extension: the one model, nothing to choose.
         pg.route("**/v2/repository/index", lambda r: r.fulfill(
             status=404, content_type="application/json", body='{"error": "not found"}'))

@@ -30,6 +30,7 @@ def serve_cmd(**options):
         from ..serve.access import AccessPolicy, read_key_file
         from ..serve.app import create_app
         from ..serve.dataplane import DataPlane, ModelSettings
+        from ..serve.editor import demo_samples
         from ..serve.repository import Repository
     except ImportError as e:
         raise MissingDependency("serve", f"needs {e.name}: pip install starlette uvicorn "
@@ -49,7 +50,8 @@ def serve_cmd(**options):
             f"{o.host}:{o.grpc_port}"
     from ..engines import open_engine
     limits = dict(max_body_bytes=o.max_body_bytes, max_pixels=o.max_pixels, access=access,
-                  grpc_address=grpc_address)
+                  grpc_address=grpc_address, editor=o.editor,
+                  samples=demo_samples() if o.editor else None)
     model_repository = o.model_repository
     from ..label_map import read_label_map
     label_map = read_label_map(o.label_map) if o.label_map else None
@@ -92,7 +94,8 @@ def serve_cmd(**options):
                 f"({', '.join(names) or 'none loaded'})")
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    click.echo(f"p2phd-infer serve: {what} on http://{shown}:{bound[1]}", err=True)
+    click.echo(f"p2phd-infer serve: {what} on http://{shown}:{bound[1]}"
+               + (f"; the editor: open http://{shown}:{bound[1]}/" if o.editor else ""), err=True)
     # grpc.aio runs in uvicorn's event loop: the standard asyncio loop, which it supports (uvicorn
     # would otherwise take uvloop where it is installed).
     run_server(app, sock, o.log_level, loop="auto" if grpc_address is None else "asyncio")

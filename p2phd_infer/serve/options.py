@@ -80,6 +80,9 @@ class ServeOptions(ServerOptions):
     label_map: str | None = setting(
         None, "Requests' label maps are in this map's source ids (JSON {\"14\": 26} or "
               "`SOURCE ID` lines), mapped to the model's ids.", path="file")
+    editor: bool = setting(
+        False, "Also serve the editor page at / (`edit`'s page), its model menu listing the "
+               "served models (with --model-repository, every ready one).")
 
     def __post_init__(self):
         check(self)
@@ -97,6 +100,10 @@ class ServeOptions(ServerOptions):
         if self.load_model and self.model_control_mode != "explicit":
             raise OptionError("--load-model", "needs --model-control-mode explicit (in mode "
                                               "none every model is loaded)")
+        if self.editor and (self.api_key or self.api_key_file):
+            raise OptionError("--editor", "a browser page cannot send the API key: serve the "
+                                          "editor without --api-key (on loopback), or behind a "
+                                          "proxy that adds the key")
         if not (self.api_key or self.api_key_file) and not is_loopback(self.host) and \
                 not self.insecure_no_auth:
             raise OptionError("--host", f"{self.host} is reachable from other machines: give "
