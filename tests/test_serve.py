@@ -154,7 +154,7 @@ def reference(work):
 
 @pytest.fixture(scope="module")
 def server(work):
-    with serve(work / "m.pt", "--max-batch-size", 4, "--max-delay-us", 20000, "--max-queue",
+    with serve(work / "m.pt", "--max-batch-size", 4, "--max-queue-delay-us", 20000, "--max-queue",
                256, "--max-body-mb", 1, "--device", "cpu", log_dir=work) as s:
         yield s
 
@@ -295,7 +295,7 @@ def test_a_corrupt_png_fails_alone(server, work):
 
 def test_a_full_queue_answers_503_and_the_rest_are_right(work, reference):
     scenes = [scene(2000 + i, 64, 64) for i in range(24)]
-    with serve(work / "m.pt", "--max-queue", 1, "--max-batch-size", 1, "--max-delay-us", 0,
+    with serve(work / "m.pt", "--max-queue", 1, "--max-batch-size", 1, "--max-queue-delay-us", 0,
                "--device", "cpu", log_dir=work) as s:
         local = threading.local()
 
@@ -337,7 +337,7 @@ def test_a_full_queue_answers_503_and_the_rest_are_right(work, reference):
 def test_sigterm_answers_admitted_requests_then_exits_0(work, reference):
     scenes = [scene(3000 + i) for i in range(6)]
     # A long batching delay holds every request inside the server when the signal comes.
-    with serve(work / "m.pt", "--max-batch-size", 16, "--max-delay-us", 1_500_000,
+    with serve(work / "m.pt", "--max-batch-size", 16, "--max-queue-delay-us", 1_500_000,
                "--device", "cpu", log_dir=work) as s:
         def ask(i):
             label, inst = scenes[i]

@@ -89,7 +89,8 @@ def server(repo):
     log = repo / f"serve-{uuid.uuid4().hex[:8]}.log"
     args = ["serve", "--model-repository", repo / "models", "--model-control-mode", "explicit",
             "--load-model", "a", "--load-model", "held", "--max-batch-size", "4",
-            "--max-delay-us", "5000", "--device", "cpu", "--mode", "plain", "--log-level", "info"]
+            "--max-queue-delay-us", "5000", "--device", "cpu", "--mode", "plain",
+            "--log-level", "info"]
     with cli_server(args, log, timeout_s=90) as (proc, url):
         yield url.removeprefix("http://"), log
 
@@ -171,8 +172,15 @@ def test_infer_binary_json_and_batch_are_runs_bytes_and_stats_count_them(server,
     every = client.get_inference_statistics()["model_stats"]
     assert {(m["name"], m["version"]) for m in every} == {("a", "1"), ("a", "2"),
                                                           ("held", "1")}
-    # The same numbers under Triton's metric names.
+    # The same numbers under Triton's metric names, typed as Triton types them.
     url = server[0]
+    import urllib.request
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    assert "# TYPE nv_inference_count counter\n" in text
+    assert "# TYPE nv_inference_pending_request_count gauge\n" in text
+    assert not [line for line in text.splitlines() if line.startswith("nv_inference") and
+                "_total" in line]
     assert metric(url, "nv_inference_count", 'model="a",version="1"') == \
         after["inference_count"]
     assert metric(url, "nv_inference_request_success", 'model="a",version="1"') == \
@@ -280,3 +288,45 @@ def test_pbtxt_reader():
                        ("a " + "{ a " * 40 + "}" * 40, "nested too deeply")):
         with pytest.raises(InputError, match=re.escape(fault)):
             parse_pbtxt(bad)
+
+
+# ---------------------------------------------------------------------------- NVML
+
+
+def test_gpu_metrics_read_through_nvml(monkeypatch):
+    """The nv_gpu_* mapping against a stand-in for NVML's Python module (this machine has no
+    GPU; on one, the same calls reach the driver)."""
+    import sys
+    import types
+
+    from prometheus_client import CollectorRegistry
+
+    from p2phd_infer.serve import metrics
+
+    class NVMLError(Exception):
+        pass
+
+    def no_power_limit(h):
+        raise NVMLError("not supported")
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetUUID=lambda h: b"GPU-1234",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=80 << 30, used=1 << 30),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=37),
+        nvmlDeviceGetPowerUsage=lambda h: 123_456, nvmlDeviceGetPowerManagementLimit=no_power_limit,
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: 9_000_000)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    registry = CollectorRegistry()
+    registry.register(metrics._HostCollector())
+    text = metrics._triton_text(registry).decode()
+    for line in ('nv_gpu_utilization{gpu_uuid="GPU-1234"} 0.37',
+                 'nv_gpu_memory_total_bytes{gpu_uuid="GPU-1234"} 8.589934592e+10',
+                 'nv_gpu_memory_used_bytes{gpu_uuid="GPU-1234"} 1.073741824e+09',
+                 'nv_gpu_power_usage{gpu_uuid="GPU-1234"} 123.456',
+                 'nv_energy_consumption{gpu_uuid="GPU-1234"} 9000.0'):
+        assert line in text, text
+    assert 'nv_gpu_power_limit{' not in text          # a figure the GPU does not report
+    # Triton's own spelling: the TYPE line names the family as its samples do (no _total).
+    assert "# TYPE nv_energy_consumption counter\n" in text
+    assert "nv_cpu_utilization " in text and "nv_cpu_memory_total_bytes " in text

@@ -279,8 +279,8 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
 
     @endpoint("metrics")
     async def prometheus(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ the app
 

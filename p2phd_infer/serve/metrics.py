@@ -33,7 +33,9 @@ import threading
 import time
 from collections import deque
 
-from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram, \
+    generate_latest
+from prometheus_client.utils import floatToGoString
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, \
     HistogramMetricFamily, Metric
 
@@ -63,8 +65,15 @@ class ServerMetrics:
                                        if m.pool is not None))
         self._done: deque[float] = deque()
         self._lock = threading.Lock()
-        self.registry.register(_ModelCollector(self))
-        self.registry.register(_HostCollector())
+        self.registry.register(_OwnCollector(self))
+        # Triton's names, written by render() exactly as Triton writes them.
+        self.triton = CollectorRegistry(auto_describe=True)
+        self.triton.register(_ModelCollector(self))
+        self.triton.register(_HostCollector())
+
+    def render(self) -> bytes:
+        """The Prometheus text format of every metric: Triton's names, then the p2phd_ ones."""
+        return _triton_text(self.triton) + generate_latest(self.registry)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -88,8 +97,9 @@ class ServerMetrics:
 
 
 class TritonCounter(Metric):
-    """A counter whose samples carry exactly Triton's name: prometheus_client's counter families
-    append `_total`, which Triton's dashboards and perf_analyzer do not look for."""
+    """A counter whose samples carry exactly Triton's name (rendered by _triton_text:
+    prometheus_client's own writer names every counter `..._total`, which Triton's dashboards
+    and perf_analyzer do not look for)."""
 
     def __init__(self, name: str, doc: str, labels):
         super().__init__(name, doc, "counter")
@@ -97,6 +107,24 @@ class TritonCounter(Metric):
 
     def add_metric(self, values, value: float) -> None:
         self.add_sample(self.name, dict(zip(self._labels, values)), value)
+
+
+def _triton_text(registry: CollectorRegistry) -> bytes:
+    """The text format (version 0.0.4) of a registry's metrics, each family's HELP and TYPE
+    under the family's own name, as Triton writes `# TYPE nv_inference_count counter`."""
+    out = []
+    for metric in registry.collect():
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {metric.name} {doc}\n# TYPE {metric.name} {metric.type}\n")
+        for sample in metric.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+            out.append(f"{sample.name}{{{labels}}} " if labels else f"{sample.name} ")
+            out.append(f"{floatToGoString(sample.value)}\n")
+    return "".join(out).encode()
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
 
 
 def _powers_of_two(top: int) -> list[int]:
@@ -108,7 +136,7 @@ def _powers_of_two(top: int) -> list[int]:
 
 
 class _ModelCollector:
-    """Reads the dataplane's statistics and the runtimes' batch counters at scrape time."""
+    """Triton's nv_inference_* families, read from the dataplane's statistics at scrape time."""
 
     def __init__(self, m: ServerMetrics):
         self.m = m
@@ -154,6 +182,18 @@ class _ModelCollector:
             pending.add_metric(key, float(m.stats.pending))
         yield from (success, failure, count, execs, duration, queue, *phases.values(), pending)
 
+
+class _OwnCollector:
+    """The p2phd_ figures Triton's names do not cover, read at scrape time."""
+
+    def __init__(self, m: ServerMetrics):
+        self.m = m
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        models = self.m.dp.served()
         failures = CounterMetricFamily("p2phd_failures", "Failed requests by kind",
                                        labels=["kind"])
         for kind, n in sorted(self.m.dp.failures.items()):
