@@ -94,6 +94,11 @@ class Row:
     outputs: str = ""         # end-to-end: their folder, relative to the work folder
     vs_baseline: float = 0.0  # baseline ms/frame / this row's ms/frame (same mode and format)
     note: str = ""
+    # The engine's 8-bit image of the engine-only input against model.pt fp32 plain's
+    # (evaluate.engine_quality); None for the baseline, whose weights are its own.
+    psnr_db: float | None = None
+    max_diff: int | None = None
+    quality: str = ""
 
 
 # ---------------------------------------------------------------- memory and timing
@@ -346,6 +351,27 @@ def engine_only(engine, name, precision, label, inst, batch, warmup, frames, dev
     return _row("engine-only", name, precision, batch, calls * batch, dt, mem)
 
 
+def image_of(engine, precision, label, inst) -> np.ndarray:
+    """The engine's uint8 [H,W,3] image of one frame."""
+    from p2phd_infer.synthesizer import to_uint8
+    lab = torch.from_numpy(label)[None, None].to(engine.device)
+    ins = torch.from_numpy(inst)[None, None].to(engine.device)
+    feat = None
+    if engine.config.feat_num > 0:
+        feat = torch.zeros(1, engine.config.feat_num, *label.shape, device=engine.device)
+    with tf32(precision == "tf32"), torch.inference_mode():
+        return to_uint8(engine(lab, ins, feat))[0].cpu().numpy()
+
+
+def quality_of(image: np.ndarray, reference: np.ndarray) -> tuple[float | None, int, str]:
+    """(PSNR dB or None when identical, max level difference, the table's text)."""
+    from p2phd_infer.evaluate import engine_quality
+    q = engine_quality({"frame": image}, {"frame": reference})
+    text = "identical" if q["max_diff"] == 0 else \
+        f"{q['psnr_db']:.1f} dB, SSIM {q['ssim']:.4f}, max {q['max_diff']}"
+    return q["psnr_db"], q["max_diff"], text
+
+
 def run_plan(frames: list[Frame], out: Path, fmt: str) -> Plan:
     """The plan `p2phd-infer run` would make for these inputs into an empty folder `out`."""
     jobs = [Job(f.name, str(f.label), str(f.inst), str(out / f"{f.name}.{fmt}")) for f in frames]
@@ -417,16 +443,19 @@ def markdown(meta: dict, rows: list[Row]) -> str:
     lines = [f"Throughput at {meta['size']} on {meta['device_name']} ({meta['date']}), "
              f"torch {meta['torch']}. {meta['weights']}.", "",
              "| mode | engine | precision | batch | format | ms/frame | frames/s | × baseline "
-             "| peak MiB | note |",
-             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+             "| peak MiB | quality vs fp32 | note |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
         lines.append(f"| {r.mode} | {r.engine} | {r.precision} | {r.batch} | {r.format or '-'} "
                      f"| {r.ms_per_frame:.2f} | {r.frames_per_s:.2f} | {r.vs_baseline:.2f} "
-                     f"| {r.peak_mem_mib:.0f} | {r.note} |")
+                     f"| {r.peak_mem_mib:.0f} | {r.quality or '-'} | {r.note} |")
     lines += ["", f"× baseline: the baseline's ms/frame divided by the row's (same mode and "
                   f"format); above 1 is faster. Peak memory: {rows[0].mem_kind if rows else ''}"
                   f" (on CUDA, ONNX Runtime and TensorRT workspaces outside torch's allocator "
-                  f"are not counted)."]
+                  f"are not counted). Quality: the engine's 8-bit image of the engine-only frame "
+                  f"against {meta.get('quality_reference', 'model.pt fp32')}'s (PSNR, SSIM, "
+                  f"largest level difference; `benchmarks/quality.py` adds the segmentation "
+                  f"score and FID on real scenes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -553,6 +582,10 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
             rows.append(b_e2e[fmt])
             say(b_e2e[fmt])
         del base
+        # The quality reference: model.pt in strict fp32, plain, on this device.
+        reference = off_main(image_of, TorchEngine(ckpt, dev, precision="fp32", mode="plain"),
+                             "fp32", label, inst)
+        meta["quality_reference"] = f"{ckpt_name} fp32 plain on {dev.type}"
         for spec in engine_specs(ckpt, ckpt_name, dev, precs, compile_, engine_paths, builds,
                                  (H, W), max(batches), tmp):
             click.echo(f"{spec.name} {spec.precision}", err=True)
@@ -565,6 +598,11 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
             precision = engine.info.precision if spec.precision == "file" else spec.precision
             providers = getattr(engine, "providers", None)     # ONNX Runtime: which one ran
             note = f"{providers[0]}" if providers else ""
+            try:
+                judged = quality_of(off_main(image_of, engine, precision, label, inst),
+                                    reference)
+            except Exception as e:  # noqa: BLE001 - e.g. a fixed-batch engine: no figure then
+                judged = (None, None, f"not measured ({e.__class__.__name__})")
             for b in batches:
                 if engine.info.max_batch is not None and b > engine.info.max_batch:
                     continue
@@ -573,6 +611,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
                                  warmup, frames, dev)
                     r.vs_baseline = b_eng.ms_per_frame / r.ms_per_frame
                     r.note = note
+                    r.psnr_db, r.max_diff, r.quality = judged
                     rows.append(r)
                     say(r)
                     for fmt in fmts:
@@ -581,6 +620,7 @@ def main(quick, size, device, model, engine_paths, build, batch_sizes, precision
                                        max_delay_us, dev, warmup=not quick)
                         r.vs_baseline = b_e2e[fmt].ms_per_frame / r.ms_per_frame
                         r.outputs = str(Path(r.outputs).relative_to(tmp))
+                        r.psnr_db, r.max_diff, r.quality = judged
                         rows.append(r)
                         say(r)
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch

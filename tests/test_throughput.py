@@ -86,10 +86,12 @@ def test_quick_benchmark_rows_outputs_and_reports_agree(tmp_path):
     cells = md_rows(table)
     assert len(cells) == len(rows)
     for c, r in zip(cells, rows):
-        mode, engine, precision, batch, fmt, ms, fps, vs, mib, note = c
+        mode, engine, precision, batch, fmt, ms, fps, vs, mib, quality, note = c
         assert (mode, engine, precision, int(batch), fmt) == \
             (r["mode"], r["engine"], r["precision"], r["batch"], r["format"] or "-")
         assert ms == f"{r['ms_per_frame']:.2f}" and fps == f"{r['frames_per_s']:.2f}"
         assert vs == f"{r['vs_baseline']:.2f}" and mib == f"{r['peak_mem_mib']:.0f}"
         assert note == r["note"]
+        # model.pt fp32 eager is the quality reference itself; the baseline has its own weights
+        assert quality == ("-" if r["engine"].startswith("baseline") else "identical"), r
     assert "Throughput at 64x64" in table and table.strip() in res.stdout
