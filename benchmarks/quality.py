@@ -161,14 +161,16 @@ def main(model, scenes, count, device, engine_files, segmenter, inception_weight
             for k, v in times.items()))
     ref_name = next(iter(engines))
     reference = images[ref_name]
-    rows = []
+    rows, cache = [], {}
     for name in engines:
         q = engine_quality(images[name], reference, labels=labels, segmenter=seg,
-                           inception=inception if name != ref_name else None)
+                           inception=inception if name != ref_name else None, cache=cache)
         if name == ref_name and inception is not None:
             q["fid_vs_reference"] = 0.0
+            cache["last_features"] = cache["features"] = inception(
+                [reference[n] for n in names])
         if f_photos is not None:
-            f = inception([images[name][n] for n in sorted(photos)])
+            f = cache["last_features"][[names.index(n) for n in sorted(photos)]]
             q["fid_vs_photos"] = fid_kid(f, f_photos, subsets=1)["fid"]
         row = {"engine": name, "ms_per_frame": statistics.median(times[name]),
                "ms_min": min(times[name]), **q}

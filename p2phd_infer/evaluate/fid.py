@@ -5,8 +5,8 @@ Why torchmetrics: it is maintained (monthly releases), its FrechetInceptionDista
 KernelInceptionDistance take any feature extractor and accumulate in float64, KID comes with its
 subset size and standard deviation, and its FID Inception is torch-fidelity's, whose features
 match the TensorFlow original. clean-fid's resizing is better than the Inception's built-in one,
-so images are resized here the way clean-fid recommends before they reach the network; its own
-package is unmaintained (last release 2022) and computes KID without a spread.
+so images are resized here the way clean-fid recommends before they reach the network (its own
+package has had no release since 2022).
 
 Weights come from a file: `--inception-weights FILE`, else torch's cache (where torch-fidelity
 and torchmetrics keep them), else one download of torch-fidelity's file into that cache when the
@@ -178,7 +178,8 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def __call__(self, images, progress: str | None = None) -> torch.Tensor:
-        """images: an iterable of uint8 [H,W,3] arrays (or a callable per item via a list)."""
+        """images: uint8 [H,W,3] arrays, or callables that read one (so a folder is never held in
+        memory at once)."""
         images = list(images)
         out = []
         bar = _bar(len(images), progress)

@@ -290,28 +290,36 @@ def to_markdown(report: dict) -> str:
 
 def engine_quality(images: dict[str, np.ndarray], reference: dict[str, np.ndarray], *,
                    labels: dict[str, np.ndarray] | None = None, segmenter=None,
-                   inception: InceptionFeatures | None = None) -> dict:
+                   inception: InceptionFeatures | None = None, cache: dict | None = None
+                   ) -> dict:
     """The quality of one engine's images against the reference engine's (e.g. model.pt fp32)
     on the same label maps, for benchmark rows: PSNR / SSIM / max level difference overall, and,
     when given, the segmenter's mean IoU and its delta from the reference's (needs `labels`), and
     the FID between the two sets of images (needs `inception`, 2 images or more).
 
-    images, reference, labels: {name: uint8 [H,W,3] / int [H,W]} with the same names."""
+    images, reference, labels: {name: uint8 [H,W,3] / int [H,W]} with the same names. cache: a
+    dict kept across calls with one reference, so its segmentation and features are computed
+    once; after a call with `inception`, cache["last_features"] holds these images' features."""
     keys = sorted(reference)
     if sorted(images) != keys:
         raise InputError("images", "the engine's and the reference's images differ in names")
+    cache = {} if cache is None else cache
     row = dict(against([(k, images[k], reference[k]) for k in keys])["overall"])
     if segmenter is not None:
         if labels is None:
             raise OptionError("labels", "the segmentation score needs the label maps")
         mine = segmentation_score(segmenter, [(k, images[k], labels[k]) for k in keys])
-        ref = segmentation_score(segmenter, [(k, reference[k], labels[k]) for k in keys])
+        if "mean_iou" not in cache:
+            cache["mean_iou"] = segmentation_score(
+                segmenter, [(k, reference[k], labels[k]) for k in keys])["mean_iou"]
+        ref = cache["mean_iou"]
         row["mean_iou"] = mine["mean_iou"]
-        row["mean_iou_reference"] = ref["mean_iou"]
-        row["mean_iou_delta"] = None if mine["mean_iou"] is None or ref["mean_iou"] is None \
-            else mine["mean_iou"] - ref["mean_iou"]
+        row["mean_iou_reference"] = ref
+        row["mean_iou_delta"] = None if mine["mean_iou"] is None or ref is None \
+            else mine["mean_iou"] - ref
     if inception is not None and len(keys) >= 2:
-        f_img = inception([images[k] for k in keys])
-        f_ref = inception([reference[k] for k in keys])
-        row["fid_vs_reference"] = fid_kid(f_img, f_ref, subsets=1)["fid"]
+        if "features" not in cache:
+            cache["features"] = inception([reference[k] for k in keys])
+        f_img = cache["last_features"] = inception([images[k] for k in keys])
+        row["fid_vs_reference"] = fid_kid(f_img, cache["features"], subsets=1)["fid"]
     return row
