@@ -28,3 +28,7 @@ JPEG_QUALITY = (1, 100)
 MAX_POOL_SIZE = 4096
 # Frames per second of an --format mp4 video: (0, MAX_FPS].
 MAX_FPS = 1000.0
+# KID's random subsets (evaluate --kid-subsets; the KID paper and torch-fidelity use 100).
+MAX_KID_SUBSETS = 10_000
+# Styles per label map for evaluate's LPIPS diversity: every pair is scored, N*(N-1)/2 of them.
+MAX_STYLES = 64

@@ -12,6 +12,9 @@ import numpy as np
 
 from ..errors import InputError, OptionError
 from ..files import write_atomic
+from ..limits import MAX_KID_SUBSETS, MAX_STYLES
+from ..options import check, setting
+from ..plan import EngineOptions
 from ..image_io import read_id_png, read_rgb
 from .fid import InceptionFeatures, check_counts, fid_kid
 from .fidelity import Lpips, against, diversity, temporal
@@ -21,45 +24,78 @@ from .segmentation import ARCHS, open_segmenter, segmentation_score
 REPORT_VERSION = 1
 
 
+def _styles_rule(n: int) -> None:
+    if n == 1:
+        raise OptionError("--styles", f"1: diversity needs 2..{MAX_STYLES} styles per label map "
+                                      f"(0: off)")
+
+
 @dataclass
-class EvalOptions:
-    fake: str
-    real: str | None = None
-    labels: str | None = None
-    instances: str | None = None
-    segmenter: str | None = None
-    segmenter_arch: str = "auto"
-    segmenter_classes: str | None = None
-    segmenter_size: str | None = None
-    segmenter_mean: str | None = None
-    segmenter_std: str | None = None
-    fid: bool = True
-    inception_weights: str | None = None
-    fid_features: int = 2048
-    download: bool = True
-    kid_subsets: int = 100
-    kid_subset_size: int | None = None
-    seed: int = 0
-    against: str | None = None
-    temporal: bool = False
-    styles: int = 0
-    lpips_weights: str | None = None
-    engine: str | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    mode: str = "auto"
-    progress: bool = True
+class EvalOptions(EngineOptions):
+    """Every option of `evaluate` (the command line is generated from it, cli/options.py)."""
+    fake: str | None = setting(None, "Folder of synthesized images (e.g. `run`'s --out).",
+                               path="dir", required=True)
+    real: str | None = setting(
+        None, "Folder of real photos: FID/KID against them, and the segmenter's upper-bound row "
+              "(paired with --labels by name).", path="dir")
+    labels: str | None = setting(
+        None, "Label maps the fakes were made from (paired by name; Cityscapes "
+              "*_gtFine_labelIds.png and pix2pixHD folders work).", path="any")
+    instances: str | None = setting(
+        None, "Instance maps for --labels (else paired as `run` pairs them).", path="dir")
+    segmenter: str | None = setting(
+        None, "Segmentation network: TorchScript (.pt/.ts) or .onnx, RGB in, logits out; or a "
+              "torchvision DeepLabV3 state dict with --segmenter-arch.", path="file")
+    segmenter_arch: str = setting(
+        "auto", "auto: .onnx is ONNX, anything else TorchScript; deeplabv3_*: torchvision's "
+                "DeepLabV3 from a weights file.", choices=ARCHS)
+    segmenter_classes: str | None = setting(
+        None, "What its output channels are: cityscapes (the 19 trainIds), labels (the model's "
+              "label ids 0..label_nc-1) or comma-separated label names.",
+        shown_default="its sidecar <FILE>.json, else guessed from the channel count")
+    segmenter_size: str | None = setting(
+        None, "WxH the segmenter takes.", shown_default="sidecar, else the image's own size")
+    segmenter_mean: str | None = setting(
+        None, "r,g,b subtracted from [0,1] RGB.",
+        shown_default="sidecar; ImageNet's for DeepLabV3, else 0,0,0")
+    segmenter_std: str | None = setting(
+        None, "r,g,b divided by after the mean.",
+        shown_default="sidecar; ImageNet's for DeepLabV3, else 1,1,1")
+    fid: bool = setting(True, "Skip FID and KID (which need the FID Inception weights).",
+                        flag="--no-fid")
+    inception_weights: str | None = setting(
+        None, "FID Inception weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth).",
+        path="file", shown_default="torch's cache, else downloaded when online")
+    fid_features: str = setting(
+        "2048", "Inception pool for FID/KID: 2048 is the standard FID; the smaller ones are "
+                "quicker checks, not comparable with published figures.",
+        choices=("64", "192", "768", "2048"))
+    download: bool = setting(True, "Never download missing FID Inception weights.",
+                             flag="--no-download")
+    kid_subsets: int = setting(100, "KID: number of random subsets.",
+                              bounds=(1, MAX_KID_SUBSETS))
+    kid_subset_size: int | None = setting(
+        None, "KID: images per subset.", bounds=(2, None),
+        shown_default="1000, or half the smaller set below 2000 images")
+    seed: int = setting(0, "Seed of KID's subsets.", bounds=(0, None))
+    against: str | None = setting(
+        None, "Reference images (e.g. the fp32 engine's): PSNR, SSIM, max level difference per "
+              "image and overall.", path="dir")
+    temporal: bool = setting(
+        False, "Frames in name order (per sub-folder): mean change where the labels did not "
+               "change, for the fakes and for --real (the input frames).")
+    styles: int = setting(
+        0, "Render N styles per label map through --engine (a features model) and report mean "
+           "pairwise LPIPS (0: off).", bounds=(0, MAX_STYLES), check=_styles_rule)
+    lpips_weights: str | None = setting(
+        None, "State dict of lpips.LPIPS(net='alex').", path="file",
+        shown_default="the lpips package's heads with torchvision's AlexNet from torch's cache")
+    progress: bool = setting(True, "No progress bars, no report on stdout.", flag="--quiet")
 
     def __post_init__(self):
-        if self.segmenter_arch not in ARCHS:
-            raise OptionError("--segmenter-arch", f"{self.segmenter_arch!r}: one of "
-                                                  f"{', '.join(ARCHS)}")
-        if self.kid_subsets < 1:
-            raise OptionError("--kid-subsets", "must be at least 1")
-        if self.kid_subset_size is not None and self.kid_subset_size < 2:
-            raise OptionError("--kid-subset-size", "must be at least 2")
-        if self.styles == 1 or self.styles < 0 or self.styles > 64:
-            raise OptionError("--styles", f"{self.styles}: 2..64 styles per label map (0: off)")
+        check(self)
+        if self.fake is None:
+            raise OptionError("--fake", "required: the folder of synthesized images")
         for need, flag in ((self.segmenter, "--segmenter"), (self.temporal, "--temporal"),
                            (self.styles, "--styles")):
             if need and self.labels is None:
@@ -117,7 +153,7 @@ def evaluate(opts: EvalOptions) -> dict:
     if reals is not None and opts.fid:
         check_counts(len(fakes), len(reals), opts.kid_subset_size)
         inception = InceptionFeatures(opts.inception_weights, download=opts.download,
-                                      features=opts.fid_features)
+                                      features=int(opts.fid_features))
     if opts.segmenter is not None:
         seg = open_segmenter(opts.segmenter, opts.segmenter_arch, classes=opts.segmenter_classes,
                              size=opts.segmenter_size, mean=opts.segmenter_mean,
