@@ -101,6 +101,12 @@ def describe_mode(mode: int) -> str:
     return "not a regular file" if not stat.S_ISREG(mode) else "a regular file"
 
 
+def what_is(path: str | os.PathLike) -> str:
+    """"a file", "a folder", "a character device", ... for a local path that exists."""
+    st = os.stat(path)
+    return "a file" if stat.S_ISREG(st.st_mode) else describe_mode(st.st_mode)
+
+
 def check_regular(path: str | os.PathLike, what: str = "file", error=InputError) -> os.stat_result:
     """os.stat of a local file about to be read; `error(path, fault)` if it is missing or is not
     a regular file (a folder, FIFO, device, socket), so nothing opens a FIFO and blocks."""

@@ -22,7 +22,7 @@ from .files import write_atomic
 from .image_io import LABEL_FORMATS
 from .limits import (DEFAULT_MAX_PIXELS, JPEG_QUALITY, MAX_BATCH, MAX_DELAY_US, MAX_FPS,
                      MAX_GPUS_PER_WORKER, MAX_PIXELS_LIMIT, MAX_RAY_WORKERS, MAX_THREADS)
-from .locations import existing, is_uri, join, kind, list_files, resolve
+from .locations import existing, is_uri, join, kind, list_files, resolve, what_is
 from .options import check, setting
 from .video import frame_rate
 
@@ -283,8 +283,8 @@ def plan(opts: RunOptions, images: bool = False) -> Plan:
     else:
         frames = discover(labels, instances, label_format=opts.label_format, images=images)
     out = resolve(opts.out)
-    if not is_uri(out) and Path(out).exists() and not Path(out).is_dir():
-        raise OptionError("--out", f"{out} is a file; --out is a folder")
+    if not is_uri(out) and kind(out) == "file":
+        raise OptionError("--out", f"{out} is {what_is(out)}; --out is a folder")
     jobs = [Job(name, label, inst, join(out, f"{name}.{opts.format}"))
             for name, label, inst in frames]
     inputs = {j.label for j in jobs} | {j.inst for j in jobs if j.inst is not None}

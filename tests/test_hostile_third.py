@@ -355,6 +355,18 @@ def test_model_files_that_are_not_regular_files(tmp_path):
         OnnxEngine(tmp_path / "g.onnx", "cpu")
 
 
+def test_out_that_is_a_device_is_named_as_one(tmp_path, model):
+    labels = folder(tmp_path / "l", n=1)
+    dev = char_device(tmp_path / "null")
+    code, errors, _ = run(labels, "--engine", model, "--out", dev)
+    assert code == 2 and errors == [f"error: --out: {dev} is a character device; --out is a "
+                                    f"folder"]
+    os.mkfifo(tmp_path / "pipe")
+    code, errors, _ = run(labels, "--engine", model, "--out", tmp_path / "pipe")
+    assert code == 2 and errors == [f"error: --out: {tmp_path / 'pipe'} is a FIFO (named pipe); "
+                                    f"--out is a folder"]
+
+
 @pytest.fixture(scope="module")
 def kserve(tmp_path_factory):
     pytest.importorskip("starlette")
