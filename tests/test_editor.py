@@ -383,3 +383,8 @@ def test_edit_command_line(tmp_path):
     assert r.exit_code == 2 and "bad.png: not a PNG" in r.output
     r = CliRunner().invoke(main, ["edit", "--instances", str(tmp_path / "bad.png")])
     assert r.exit_code == 2 and "needs a LABEL" in r.output
+    # serve --editor: the page beside the API; a page cannot send an API key, so not with one.
+    r = CliRunner().invoke(main, ["serve", "--help"])
+    assert r.exit_code == 0 and "--editor" in r.output
+    r = CliRunner().invoke(main, ["serve", "--editor", "--api-key", "k" * 20])
+    assert r.exit_code == 2 and "--editor: a browser page cannot send the API key" in r.output

@@ -392,6 +392,7 @@ def test_the_model_picker_renders_through_the_chosen_model(browser, tmp_path):
         assert pg.inner_text("#classes li[data-id='26'] .thing") == "\u25c6"
         assert "street version 1" in pg.get_attribute("#engine", "title")
         assert np.array_equal(image(pg), want["street"])
+        shot(pg, "editor-1280-two-models.png")
         # A server without the repository extension: the one model, nothing to choose.
         pg.route("**/v2/repository/index", lambda r: r.fulfill(
             status=404, content_type="application/json", body='{"error": "not found"}'))
