@@ -1,7 +1,7 @@
 """The embedding API for video and simulation loops.
 
     from p2phd_infer.api import Pix2PixHD
-    p2p = Pix2PixHD("model.pt", device="cuda", fp16=True, seed=7)
+    p2p = Pix2PixHD("model.pt", device="cuda", precision="fp16", seed=7)
     for label, inst in simulator:                 # numpy or torch, CPU or CUDA, [H,W] or [B,H,W]
         rgb = p2p(label, inst)                    # numpy uint8 [H,W,3]
         gpu_rgb = p2p(label, inst, output="torch")   # uint8 [H,W,3] on the engine's device
