@@ -28,7 +28,7 @@ from p2phd_infer.serve.repository import parse_pbtxt  # noqa: E402
 from helpers import cli_server, save_random_model  # noqa: E402
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=1, n_blocks_global=1, n_blocks_local=1)
-SLOW_DELAY_US = 3_000_000     # model "held": its frames wait this long for batch-mates
+SLOW_DELAY_US = 2_000_000     # model "held": its frames wait this long for batch-mates
 
 
 def ids(seed: int, h: int = 32, w: int = 32):
@@ -63,6 +63,8 @@ def repo(tmp_path_factory):
         f"  max_queue_delay_microseconds: {SLOW_DELAY_US}\n"
         "  default_queue_policy { max_queue_size: 32 }\n}\n")
     (repo / "notes.txt").write_text("not a model")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.pt").write_bytes(b"not a checkpoint")
     (repo / "empty" / "1").mkdir(parents=True)            # no model file: not a model
     frames = root / "frames"
     (frames / "test_label").mkdir(parents=True)
@@ -198,7 +200,13 @@ def test_repository_index_load_unload_across_two_models(server, repo):
     index = {(m["name"], m["version"]): m["state"]
              for m in client.get_model_repository_index()}
     assert index == {("a", "1"): "READY", ("a", "2"): "READY", ("b", "1"): "UNAVAILABLE",
-                     ("held", "1"): "READY"}
+                     ("held", "1"): "READY", ("broken", "1"): "UNAVAILABLE"}
+    # A model that cannot load says why, once asked and in the index; the others serve on.
+    with pytest.raises(Exception, match="model.pt") as e:
+        client.load_model("broken")
+    assert e.value.status() == "400"
+    reason = {m["name"]: m.get("reason") for m in client.get_model_repository_index()}
+    assert "model.pt" in reason["broken"] and reason["b"] == "unloaded"
     assert not client.is_model_ready("b")
     with pytest.raises(Exception, match="not loaded"):
         client.infer("b", inputs(*ids(100)))
@@ -236,6 +244,7 @@ def test_repository_index_load_unload_across_two_models(server, repo):
         client.load_model("b", config='{"max_batch_size": 2}')
     ready = client.get_model_repository_index()
     assert {m["name"] for m in ready if m["state"] == "READY"} == {"a", "b", "held"}
+    assert not client.is_model_ready("broken") and client.is_server_ready()
 
 
 def test_a_client_that_goes_away_is_cancelled_and_its_frames_never_run(server):
