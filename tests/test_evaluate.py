@@ -343,6 +343,13 @@ def test_bad_inputs_are_one_line_errors(dataset, scripted, tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     line = errors([*base, "--real", str(d / "real"), "--no-download"])
     assert "--inception-weights" in line and "give --inception-weights FILE" in line
+    import fractions
+    torch.save({"w": fractions.Fraction(1, 3)}, tmp_path / "evil.pth")   # a pickled class
+    assert "refused" in errors([*base, "--real", str(d / "real"),
+                                "--inception-weights", str(tmp_path / "evil.pth")])
+    (tmp_path / "noise.pth").write_bytes(b"\x00" * 64)
+    assert "noise.pth" in errors([*base, "--real", str(d / "real"),
+                                  "--inception-weights", str(tmp_path / "noise.pth")])
     assert "no such folder (--fake)" in errors(["--fake", str(d / "nope"), "--out", "x.json"])
     assert "needs --labels" in errors([*base, "--temporal"])
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import InputError, MissingDependency, OptionError
 from ..files import write_atomic
+from .weights import read_state_dict
 
 FID_SIZE = 299
 FEATURES = 2048                 # the pool features every published FID uses
@@ -96,17 +97,6 @@ def find_weights(given: str | Path | None, download: bool = True) -> Path:
                             f"FILE")
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable or unsafe file is the same fault
-        raise InputError(path, f"not a weights file torch.load(weights_only=True) reads "
-                               f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise InputError(path, "expected a state dict (names -> tensors)")
-    return sd
-
-
 def _build(state_dict: dict | None, features: int = FEATURES) -> nn.Module:
     """The library's FID Inception with these weights (None: its own initialisation, for
     random_weights), giving the `features`-wide pool features."""
@@ -160,10 +150,10 @@ class InceptionFeatures:
                                                 f"{', '.join(map(str, FEATURE_LAYERS))}")
         self.features = features
         self.path = find_weights(weights, download)
-        sd = _state_dict(self.path)
+        sd = read_state_dict(self.path, "FID Inception weights")
         try:
             self.net = _build(sd, features).to(device)
-        except (RuntimeError, KeyError) as e:
+        except (RuntimeError, KeyError, ValueError) as e:
             raise InputError(self.path, f"does not fit the FID Inception network "
                                         f"({str(e).splitlines()[0][:200]})") from None
         self.device = torch.device(device)

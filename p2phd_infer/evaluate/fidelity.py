@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError, MissingDependency
 from ..synthesizer import psnr
+from .weights import read_state_dict
 
 
 def _t(rgb: np.ndarray) -> torch.Tensor:
@@ -123,10 +124,10 @@ class Lpips:
                                         f"LPIPS needs AlexNet's ImageNet weights ({ALEXNET_FILE}), "
                                         f"not in torch's cache ({cached}): give --lpips-weights "
                                         f"FILE (a state dict of lpips.LPIPS(net='alex'))")
-            self._load_backbone(_load(cached), cached)
+            self._load_backbone(read_state_dict(cached, "AlexNet weights"), cached)
             self.source = {"file": str(cached), "heads": "lpips package v0.1"}
         else:
-            sd = _load(Path(weights))
+            sd = read_state_dict(weights, "LPIPS weights")
             try:
                 self.net.load_state_dict(sd)
             except RuntimeError as e:
@@ -172,19 +173,6 @@ def random_lpips_weights(path: str | Path, seed: int = 0) -> Path:
     torch.save(net.state_dict(), buf)
     write_atomic(path, buf.getvalue())
     return Path(path)
-
-
-def _load(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(path, "no such weights file" if not path.exists() else "not a file")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(path, f"not a weights file torch.load(weights_only=True) reads "
-                               f"({e.__class__.__name__})") from None
-    if not isinstance(sd, dict):
-        raise InputError(path, "expected a state dict (names -> tensors)")
-    return sd
 
 
 def diversity(lpips: Lpips, groups, progress: str | None = None) -> dict:

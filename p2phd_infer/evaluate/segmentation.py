@@ -30,6 +30,7 @@ import torch
 
 from ..errors import InputError, MissingDependency, OptionError
 from ..labels import CITYSCAPES_EVAL_NAMES, CITYSCAPES_NAMES, CITYSCAPES_TRAIN_IDS, IGNORE_ID
+from .weights import read_state_dict
 
 ARCHS = ("auto", "torchscript", "onnx", "deeplabv3_resnet50", "deeplabv3_resnet101",
          "deeplabv3_mobilenet_v3_large")
@@ -234,14 +235,8 @@ def _onnx(path: Path):
 
 def _deeplab(path: Path, arch: str):
     from torchvision.models import segmentation
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(path, f"not a state dict torch.load(weights_only=True) reads "
-                               f"({e.__class__.__name__})") from None
-    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
-        sd = sd["model"]            # torchvision's reference training scripts save {"model": ...}
-    head = sd.get("classifier.4.weight") if isinstance(sd, dict) else None
+    sd = read_state_dict(path, f"{arch} weights")
+    head = sd.get("classifier.4.weight")
     if head is None:
         raise InputError(path, f"not a {arch} state dict (no classifier.4.weight)")
     build = getattr(segmentation, arch)
