@@ -24,8 +24,8 @@ call into the model's Runtimes, statistics, and the status of every fault.
         served() -> [ServedModel]             every loaded model version
         batch_sizes() -> Counter              frames per engine call over every model served
         shared_memory                         the registered regions (shared_memory.py)
-        failure(kind)                          count a failed call by fault_of's kind: front
-                                                 doors call it once per failed request
+        failure(kind)                         count a failed call by fault_of's kind: front
+                                              doors call it once per failed request
     fault_of(exception) -> Fault              HTTP status, gRPC status name, metrics kind, one line
 
 `disconnected`: an awaitable factory that returns once the client has gone; the request's frames
