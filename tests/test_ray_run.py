@@ -178,6 +178,7 @@ def test_a_missing_instance_map_is_named_not_read_as_nan(cluster, data, tmp_path
                          "--ray", "--num-workers", 1])
     assert code == 1, out
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: {labels / 'm00.png'}: no instance map found (the model needs one): "
-                      f"give --instances DIR, or use Cityscapes names or a *_inst/ sibling folder"]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {labels / 'm00.png'}: no instance map found (the model needs one): give "
+        f"--instances DIR"), errors
     assert not (tmp_path / "o" / "m00.png").exists()
