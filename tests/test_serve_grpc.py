@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import uuid
 from pathlib import Path
@@ -398,6 +399,10 @@ def test_region_checks_without_a_server(tmp_path):
                       "y", np.array([7, 8], np.int32))
         assert n == 8 and tshm.get_contents_as_numpy(h, np.int32, [2], offset=4004).tolist() \
             == [7, 8]
+        # A client that shrinks the object after registering: one line, not SIGBUS.
+        os.truncate("/dev/shm/" + key.lstrip("/"), 4000)
+        with pytest.raises(InputError, match="shrank below its registered size"):
+            shm.read({"shared_memory_region": "r", "shared_memory_byte_size": 40}, "x", 40)
         with pytest.raises(NotFound):
             shm.unregister("system", "nope")
         with pytest.raises(NotFound):

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 
 from ..errors import InputError, OptionError
 from .dataplane import DataPlane, fault_of
-from .kserve import DATATYPES, InferRequest, tensor_from_raw, tensor_from_values
+from .kserve import InferRequest, check_tensor, tensor_from_raw, tensor_from_values
 from .protos import grpc_service_pb2 as pb
 from .protos import inference_service_pb2_grpc as pb_grpc
 from .shared_memory import uses_shared_memory
@@ -61,22 +61,15 @@ def decode_infer(msg: pb.ModelInferRequest, shared_memory, max_elements: int) ->
             raise InputError(name, "has no name")
         if name in inputs:
             raise InputError(name, "given twice")
-        if t.datatype not in DATATYPES:
-            raise InputError(name, f"datatype {t.datatype!r} is not one of "
-                                   f"{', '.join(DATATYPES)}")
         params = _params(t.parameters)
         shape = list(t.shape)
         if any(d < 0 for d in shape):
             raise InputError(name, f"shape {shape} must be non-negative")
+        dtype, count = check_tensor(name, t.datatype, tuple(shape), max_elements)
         if uses_shared_memory(params):
-            n = DATATYPES[t.datatype].itemsize
-            for d in shape:
-                n *= d
-            if n > max_elements * DATATYPES[t.datatype].itemsize:
-                raise InputError(name, f"shape {shape} is above the element limit of "
-                                       f"{max_elements:,}")
             tensor = tensor_from_raw(name, t.datatype, shape,
-                                     shared_memory.read(params, name, n), max_elements)
+                                     shared_memory.read(params, name, count * dtype.itemsize),
+                                     max_elements)
         elif raw:
             if used >= len(raw):
                 raise InputError(name, f"raw_input_contents has {len(raw)} entries; input "
@@ -103,9 +96,8 @@ def decode_infer(msg: pb.ModelInferRequest, shared_memory, max_elements: int) ->
         outputs.append((o.name, True))
         if uses_shared_memory(params):
             out_params[o.name] = params
-    req = InferRequest(msg.id or None, inputs, _params(msg.parameters), outputs, True)
-    req.output_parameters = out_params
-    return req
+    return InferRequest(msg.id or None, inputs, _params(msg.parameters), outputs, True,
+                        out_params)
 
 
 def encode_infer(result) -> pb.ModelInferResponse:

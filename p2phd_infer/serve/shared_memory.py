@@ -27,7 +27,7 @@ import mmap
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,6 +58,9 @@ class _Region:
     mm: mmap.mmap | None = None     # system: the mapping (from a page-aligned start)
     skip: int = 0                   # system: bytes of the mapping before the region
     ptr: int = 0                    # cuda: the device pointer cudaIpcOpenMemHandle gave
+    fd: int = -1                    # system: the object, kept open to check its size
+    lock: threading.Lock = field(default_factory=threading.Lock)   # an access vs unregister
+    closed: bool = False
 
     def status(self) -> dict:
         if self.kind == "system":
@@ -98,10 +101,11 @@ class SharedMemory:
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
             mm = mmap.mmap(fd, offset - start + byte_size, mmap.MAP_SHARED,
                            mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
         region = _Region(name, byte_size, "system", key=key, offset=offset, mm=mm,
-                         skip=offset - start)
+                         skip=offset - start, fd=fd)
         self._add(region)
 
     def register_cuda(self, name: str, raw_handle: bytes, device_id, byte_size) -> None:
@@ -185,13 +189,25 @@ class SharedMemory:
             self._release(r)
 
     def _release(self, region: _Region) -> None:
-        if region.mm is not None:
-            try:
+        with region.lock:             # after any read or write of it in progress
+            region.closed = True
+            if region.mm is not None:
                 region.mm.close()
-            except BufferError:       # a view still alive: the mapping goes with it
-                pass
-        if region.ptr and self._cuda is not None:
-            self._cuda.close(region.ptr, region.device_id)
+                os.close(region.fd)
+            if region.ptr and self._cuda is not None:
+                self._cuda.close(region.ptr, region.device_id)
+
+    @staticmethod
+    def _usable(region: _Region, offset: int, size: int, tensor: str) -> None:
+        """Call with region.lock held: the region is still registered, and a system region's
+        object still holds the range (a client that shrank it would otherwise crash the server
+        with SIGBUS on the next access)."""
+        if region.closed:
+            raise InputError(tensor, f"shared memory region {region.name!r} was unregistered")
+        if region.kind == "system" and \
+                os.fstat(region.fd).st_size < region.offset + offset + size:
+            raise InputError(tensor, f"the shared memory object of region {region.name!r} "
+                                     f"(key {region.key!r}) shrank below its registered size")
 
     # ------------------------------------------------------------------ tensors
 
@@ -227,12 +243,14 @@ class SharedMemory:
     def read(self, params: dict, tensor: str, need: int) -> bytes:
         """The `need` bytes of an input held in a region (a copy)."""
         region, offset, size = self._span(params, tensor, need)
-        if region.kind == "system":
-            start = region.skip + offset
-            return region.mm[start:start + size]
-        out = np.empty(size, np.uint8)
-        self._cuda.copy_to_host(out, region.ptr + offset, region.device_id, tensor)
-        return out.data.cast("B")
+        with region.lock:
+            self._usable(region, offset, size, tensor)
+            if region.kind == "system":
+                start = region.skip + offset
+                return region.mm[start:start + size]
+            out = np.empty(size, np.uint8)
+            self._cuda.copy_to_host(out, region.ptr + offset, region.device_id, tensor)
+            return out.data.cast("B")
 
     def write(self, params: dict, tensor: str, array: np.ndarray) -> int:
         """Write an output into the region its request named; returns the bytes written."""
@@ -241,11 +259,13 @@ class SharedMemory:
         if data.nbytes > size:
             raise InputError(tensor, f"{BYTE_SIZE} {size} is too small for the output "
                                      f"({list(data.shape)} {data.dtype}, {data.nbytes} bytes)")
-        if region.kind == "system":
-            start = region.skip + offset
-            region.mm[start:start + data.nbytes] = data.reshape(-1).view(np.uint8)
-        else:
-            self._cuda.copy_from_host(region.ptr + offset, data, region.device_id, tensor)
+        with region.lock:
+            self._usable(region, offset, data.nbytes, tensor)
+            if region.kind == "system":
+                start = region.skip + offset
+                region.mm[start:start + data.nbytes] = data.reshape(-1).view(np.uint8)
+            else:
+                self._cuda.copy_from_host(region.ptr + offset, data, region.device_id, tensor)
         return data.nbytes
 
 
