@@ -18,7 +18,7 @@ ms/frame: the median over the frames of --reps passes, each frame synthesized al
 interleaved across engines so a busy machine slows them alike.
 
     python benchmarks/quality.py --scenes scenes/ --segmenter seg.pt \
-        --inception-weights inception.pth --out-dir benchmarks/results
+        --inception-weights inception.pth --out-dir benchmarks/results [--engines fp32,bf16]
 """
 from __future__ import annotations
 
@@ -61,17 +61,21 @@ def scenes_in(folder: Path, limit: int | None):
     return out
 
 
-def specs(model: Path, device: str, engine_files, work: Path, size: tuple[int, int], log):
-    """(name, () -> Engine) for every engine present, the reference first."""
-    rows = [("PyTorch fp32 (model.pt, plain): reference",
-             lambda: TorchEngine(model, device, precision="fp32", mode="plain"))]
+ROWS = ("fp32", "bf16", "fp16", "fast", "onnx", "openvino-f32", "openvino-bf16")
+
+
+def specs(model: Path, device: str, engine_files, work: Path, size: tuple[int, int], log,
+          wanted=ROWS):
+    """(name, () -> Engine) for every engine present and wanted, the reference (fp32) first."""
     cuda = device.startswith("cuda")
-    rows.append(("PyTorch bf16" + (" (CUDA)" if cuda else " (CPU autocast)"),
-                 lambda: TorchEngine(model, device, precision="bf16", mode="plain")))
+    rows = [("fp32", "PyTorch fp32 (model.pt, plain): reference",
+             lambda: TorchEngine(model, device, precision="fp32", mode="plain")),
+            ("bf16", "PyTorch bf16" + (" (CUDA)" if cuda else " (CPU autocast)"),
+             lambda: TorchEngine(model, device, precision="bf16", mode="plain"))]
     if cuda:
-        rows.append(("PyTorch fp16 (CUDA, plain)",
+        rows.append(("fp16", "PyTorch fp16 (CUDA, plain)",
                      lambda: TorchEngine(model, device, precision="fp16", mode="plain")))
-        rows.append(("PyTorch fp16 fast path (CUDA)",
+        rows.append(("fast", "PyTorch fp16 fast path (CUDA)",
                      lambda: TorchEngine(model, device, precision="fp16", mode="fast")))
     else:
         def onnx():
@@ -83,19 +87,21 @@ def specs(model: Path, device: str, engine_files, work: Path, size: tuple[int, i
                 log("exporting ONNX")
                 export_onnx(load_checkpoint(model), path, H, W, max_batch=1)
             return open_engine(path, "cpu")
-        rows.append(("ONNX Runtime (.onnx, CPU provider)", onnx))
-        from p2phd_infer.engines.openvino import cpu_capabilities
-        rows.append(("OpenVINO f32 (model.pt converted: run's CPU default)",
+        rows.append(("onnx", "ONNX Runtime (.onnx, CPU provider)", onnx))
+        rows.append(("openvino-f32", "OpenVINO f32 (model.pt converted: run's CPU default)",
                      lambda: open_engine(model, "cpu", backend="openvino", precision="fp32")))
-        if "BF16" in cpu_capabilities():
-            rows.append(("OpenVINO bf16",
-                         lambda: open_engine(model, "cpu", backend="openvino",
-                                             precision="bf16")))
-        else:
-            log("OpenVINO bf16: not run (this CPU has no BF16)")
+        if "openvino-bf16" in wanted:
+            from p2phd_infer.engines.openvino import cpu_capabilities
+            if "BF16" in cpu_capabilities():
+                rows.append(("openvino-bf16", "OpenVINO bf16",
+                             lambda: open_engine(model, "cpu", backend="openvino",
+                                                 precision="bf16")))
+            else:
+                log("OpenVINO bf16: not run (this CPU has no BF16)")
+    out = [(name, make) for key, name, make in rows if key == "fp32" or key in wanted]
     for f in engine_files:
-        rows.append((Path(f).name, lambda f=f: open_engine(f, device)))
-    return rows
+        out.append((Path(f).name, lambda f=f: open_engine(f, device)))
+    return out
 
 
 @click.command()
@@ -108,6 +114,8 @@ def specs(model: Path, device: str, engine_files, work: Path, size: tuple[int, i
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--engine", "engine_files", multiple=True, type=click.Path(dir_okay=False),
               help="More engine files (.pt2, .plan, .xml, .onnx) to judge; repeatable.")
+@click.option("--engines", "wanted", default=",".join(ROWS), show_default=True,
+              help="Rows to run, of those present (fp32, the reference, always runs).")
 @click.option("--segmenter", type=click.Path(dir_okay=False),
               help="Segmenter for the mean IoU column (TorchScript/ONNX with its sidecar).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False),
@@ -116,12 +124,22 @@ def specs(model: Path, device: str, engine_files, work: Path, size: tuple[int, i
               help="Timed passes over the scenes per engine.")
 @click.option("--out-dir", default="benchmarks/results", show_default=True,
               type=click.Path(file_okay=False))
-def main(model, scenes, count, device, engine_files, segmenter, inception_weights, reps,
+def main(model, scenes, count, device, engine_files, wanted, segmenter, inception_weights, reps,
          out_dir):
     """Quality (vs model.pt fp32) beside ms/frame for every engine and precision present."""
     log = lambda m: click.echo(m, err=True)  # noqa: E731
+    wanted = [w.strip() for w in wanted.split(",") if w.strip()]
+    unknown = sorted(set(wanted) - set(ROWS))
+    if unknown:
+        raise click.ClickException(f"--engines {','.join(unknown)}: rows are {', '.join(ROWS)}")
     model = Path(model) if model else default_engine_path()
-    work = Path(tempfile.mkdtemp(prefix="p2phd-quality-"))
+    with tempfile.TemporaryDirectory(prefix="p2phd-quality-") as work:
+        quality_table(Path(work), model, scenes, count, device, engine_files, wanted, segmenter,
+                      inception_weights, reps, out_dir, log)
+
+
+def quality_table(work, model, scenes, count, device, engine_files, wanted, segmenter,
+                  inception_weights, reps, out_dir, log):
     if scenes is None:
         from p2phd_infer.train.scenes import make_scenes
         make_scenes(work / "scenes", count, 512, 256, seed=999, phase="test")
@@ -138,7 +156,7 @@ def main(model, scenes, count, device, engine_files, segmenter, inception_weight
         if inception is not None and len(photos) >= 2 else None
 
     engines, images, times, skipped = {}, {}, {}, {}
-    for name, make in specs(model, device, engine_files, work, (H, W), log):
+    for name, make in specs(model, device, engine_files, work, (H, W), log, wanted):
         try:
             engines[name] = Pix2PixHD(make(), seed=0)
             engines[name](data[names[0]][0], data[names[0]][1])          # warm-up

@@ -48,5 +48,9 @@ def from_uint8(image: torch.Tensor) -> torch.Tensor:
 def psnr(image: torch.Tensor, reference: torch.Tensor, peak: float = 2.0) -> float:
     """PSNR in dB between two images. Images in [-1,1] (peak-to-peak 2, the default) are measured
     on the [0,1] scale; uint8 images take peak=255."""
-    mse = float(((image.double() - reference.double()) ** 2).mean())
+    return psnr_of_mse(float(((image.double() - reference.double()) ** 2).mean()), peak)
+
+
+def psnr_of_mse(mse: float, peak: float = 2.0) -> float:
+    """PSNR in dB of a mean squared error (pooled over many images, say) at that peak."""
     return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)

@@ -371,3 +371,30 @@ def test_styles_diversity_through_a_features_model(tmp_path, dataset, lpips_file
     assert d["styles"] == 3 and d["pairs"] == 3 * 3 and d["mean_lpips"] > 0
     with pytest.raises(OptionError, match="2..64"):
         EvalOptions(fake="x", labels="y", styles=1)
+
+
+def test_quality_benchmark_writes_its_table(tmp_path, scripted):
+    """benchmarks/quality.py on 2 tiny scenes with a random-weight model (tiny config), PyTorch
+    rows only (the ONNX and OpenVINO rows convert the model: minutes on 2 cores)."""
+    import importlib.util
+    from pathlib import Path
+    from p2phd_infer.config import ModelConfig
+    from p2phd_infer.train.scenes import make_scenes
+    from helpers import save_random_model
+    spec = importlib.util.spec_from_file_location(
+        "quality_bench", Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = ModelConfig(label_nc=35, netG="global", ngf=4, n_downsample_global=2, n_blocks_global=1)
+    model = save_random_model(tmp_path / "m.pt", cfg, std=0.2)
+    make_scenes(tmp_path / "scenes", 2, 128, 64, seed=3, phase="test")
+    r = CliRunner().invoke(bench.main, [
+        "--model", str(model), "--scenes", str(tmp_path / "scenes"), "--engines", "fp32,bf16",
+        "--segmenter", str(scripted), "--reps", "1", "--out-dir", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "out" / "quality_cpu_128x64.json").read_text())
+    ref, bf16 = data["rows"]
+    assert ref["psnr_db"] is None and ref["max_diff"] == 0 and ref["mean_iou_delta"] == 0
+    assert bf16["engine"].startswith("PyTorch bf16") and bf16["ms_per_frame"] > 0
+    assert bf16["psnr_db"] is None or bf16["psnr_db"] > 20
+    assert "| PyTorch bf16" in (tmp_path / "out" / "quality_cpu_128x64.md").read_text()

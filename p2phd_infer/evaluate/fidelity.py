@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MissingDependency
-from ..synthesizer import psnr
+from ..synthesizer import psnr, psnr_of_mse
 from .weights import read_state_dict
 
 
@@ -52,7 +52,7 @@ def against(pairs, progress: str | None = None) -> dict:
     if not rows:
         raise InputError("--against", "no image pairs to compare")
     mse = sq / count
-    overall = {"psnr_db": _db(math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)),
+    overall = {"psnr_db": _db(psnr_of_mse(mse, peak=255.0)),
                "ssim": float(np.mean([r["ssim"] for r in rows])), "max_diff": worst,
                "min_psnr_db": min((r["psnr_db"] for r in rows),
                                   key=lambda v: math.inf if v is None else v),
