@@ -54,10 +54,11 @@ def error_line(result, progress: bool = False) -> str:
 
 
 def usage_error(result, option: str) -> str:
-    """click's refusal of a bad option value: exit status 2, the option named, no traceback."""
+    """A refused option value: exit status 2, one `error: OPTION: ...` line, no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert "Traceback" not in result.output
-    assert f"'{option}'" in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option}: "), result.stderr
     return result.stderr
 
 
