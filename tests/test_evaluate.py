@@ -398,3 +398,23 @@ def test_quality_benchmark_writes_its_table(tmp_path, scripted):
     assert bf16["engine"].startswith("PyTorch bf16") and bf16["ms_per_frame"] > 0
     assert bf16["psnr_db"] is None or bf16["psnr_db"] > 20
     assert "| PyTorch bf16" in (tmp_path / "out" / "quality_cpu_128x64.md").read_text()
+
+
+def test_names_pair_across_cityscapes_and_pix2pixhd_suffixes():
+    from p2phd_infer.evaluate import key_of
+    assert key_of("aachen/aachen_000000_000019_leftImg8bit.png") == \
+        key_of("aachen/aachen_000000_000019_gtFine_labelIds.png") == \
+        "aachen/aachen_000000_000019"
+    assert key_of("0001_synthesized_image.jpg") == key_of("0001.png") == "0001"
+
+
+def test_the_inceptions_own_resize_is_the_identity_after_the_clean_resize(inception):
+    """The report says the network's internal 299x299 resize changes nothing once the images
+    are resized the clean-fid way: checked on the library's own resize, as it runs."""
+    from p2phd_infer.evaluate.fid import clean_resize
+    x = torch.from_numpy(clean_resize(photos(1)[0])).permute(2, 0, 1)[None].float()
+    assert x.shape == (1, 3, 299, 299)
+    y = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear",
+                                        align_corners=False,
+                                        antialias=inception.net.use_antialias)
+    assert torch.equal(x, y)
