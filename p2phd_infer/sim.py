@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .labels import CITYSCAPES_THINGS
+from .labels import CITYSCAPES_THINGS, INSTANCES_PER_CLASS
 
 CARLA_VERSION = "0.9.14+"
 # CARLA tag -> Cityscapes labelId. Tags without a Cityscapes class (other, water) read as 0,
@@ -63,7 +63,6 @@ CARLA_TO_CITYSCAPES: dict[int, int] = {
     27: 10,    # rail track
     28: 14,    # guard rail
 }
-INSTANCES_PER_CLASS = 1000      # Cityscapes: instance id = class*1000 + k, k < 1000
 
 
 def _table(mapping: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -212,3 +212,34 @@ def test_serve_derives_instances_and_maps_ids(model, tmp_path):
             {"name": "label", "datatype": "INT32", "shape": [1, 1, H, W],
              "data": lab.astype(np.int32).ravel().tolist()}]})
         assert r.status_code == 400 and "--instances auto" in r.text
+
+
+def test_editor_maps_loaded_label_maps_through_the_label_map(model, tmp_path):
+    """edit --label-map: a label map loaded in the page (/editor/decode) in source ids comes
+    back in the model's ids, with instances derived; an unmapped id is a 400 naming it."""
+    import io
+
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from p2phd_infer.engines import TorchEngine
+    from p2phd_infer.label_map import LabelMap
+    from p2phd_infer.serve.app import create_app
+    lab = frame(0)
+    shift = LabelMap({c + 100: c for c in (ROAD, SIDEWALK, SKY, PERSON, CAR)}, "m.json")
+    buf = io.BytesIO()
+    Image.fromarray((lab + 100).astype(np.uint8)).save(buf, format="PNG")
+    app = create_app(TorchEngine(model, "cpu"), editor=True, editor_label_map=shift)
+    with TestClient(app) as client:
+        token = client.get("/").text.split('name="p2phd-token" content="')[1].split('"')[0]
+        r = client.post("/editor/decode", files={"label": ("a.png", buf.getvalue())},
+                        headers={"X-P2PHD-Token": token})
+        assert r.status_code == 200, r.text
+        maps = np.frombuffer(r.content, "<i4").reshape(2, H, W)
+        np.testing.assert_array_equal(maps[0], lab)
+        np.testing.assert_array_equal(maps[1], instances_from_labels(lab))
+        buf = io.BytesIO()
+        Image.fromarray(lab).save(buf, format="PNG")
+        r = client.post("/editor/decode", files={"label": ("b.png", buf.getvalue())},
+                        headers={"X-P2PHD-Token": token})
+        assert r.status_code == 400 and "b.png: pixel (x=0, y=0) has id 23" in r.text

@@ -36,10 +36,15 @@ def edit_cmd(**options):
                                         f"prometheus-client python-multipart") from None
     samples = []
     label, inst, max_pixels = o.label, o.instances, o.max_pixels
+    label_map = None
+    if o.label_map is not None:
+        from ..label_map import read_label_map
+        label_map = read_label_map(o.label_map)
     if label is not None:
-        from ..image_io import read_id_png
-        lab = read_id_png(label, max_pixels)          # a bad file is one error line, now
-        if inst is not None and read_id_png(inst, max_pixels).shape != lab.shape:
+        from ..image_io import read_id_png, read_label_png
+        lab = read_id_png(label, max_pixels) if label_map is None else \
+            read_label_png(label, max_pixels, label_format="auto")   # one error line, now
+        if inst is not None and read_id_png(inst, max_pixels).shape != lab.shape[:2]:
             raise InputError(inst, f"size differs from the label map {label}")
         samples.append(Sample(Path(label).stem, Path(label), Path(inst) if inst else None))
     names = {s.name for s in samples}
@@ -50,6 +55,7 @@ def edit_cmd(**options):
                       calibration=o.calibration)
     app = create_app(eng, max_batch_size=o.max_batch_size, max_delay_us=EDITOR_DELAY_US,
                      max_pixels=max_pixels, editor=True, samples=samples,
+                     editor_label_map=label_map and label_map.for_model(eng.config.label_nc),
                      access=AccessPolicy.for_bind(o.host))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]

@@ -57,7 +57,7 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
                editor: bool = False, samples: list | None = None,
                dataplane: DataPlane | None = None, access: AccessPolicy | None = None,
                grpc_address: str | None = None, derive_instances: bool = False,
-               label_map=None) -> Starlette:
+               label_map=None, editor_label_map=None) -> Starlette:
     """The app over one `engine` served as `model_name` version 1, or over a `dataplane` (a model
     repository, several models). The models' Runtimes start with the app (lifespan startup) and
     are closed, after every admitted frame is answered, at shutdown. editor: also serve the
@@ -342,7 +342,8 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
         from .editor import editor_routes
         routes += editor_routes(dp.model, endpoint, read_body, samples or [],
                                 default=first_model(), max_pixels=max_pixels,
-                                frames_done=metrics.frames_done, parse_form=_parse_form)
+                                frames_done=metrics.frames_done, parse_form=_parse_form,
+                                label_map=editor_label_map)
 
     def refused(kind: str, status: int) -> None:
         dp.failure(kind)

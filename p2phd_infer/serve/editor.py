@@ -54,7 +54,8 @@ from starlette.staticfiles import StaticFiles
 
 from ..engines import MAX_INSTANCE_ID, Engine, describe_engine
 from ..errors import AccessDenied, InputError, OptionError
-from ..image_io import encode_image, read_id_png
+from ..ids import label_ids
+from ..image_io import encode_image, read_id_png, read_label_png
 from ..sim import instances_from_labels
 from ..labels import CITYSCAPES_LABELS, CITYSCAPES_THINGS, INSTANCES_PER_CLASS
 from ..styles import instance_style, split_instance_style
@@ -115,12 +116,15 @@ def _colour(i: int) -> list[int]:
 
 
 def editor_routes(models, endpoint, read_body, samples: list[Sample], *, default: str | None,
-                  max_pixels: int | None, frames_done, parse_form) -> list:
+                  max_pixels: int | None, frames_done, parse_form, label_map=None) -> list:
     """Routes for app.py: `models(name, version)` gives a served model (its `engine`, and
     `running()` its RuntimePool; NotFound for one the server does not serve), `default` the name
     used when a call names none, `endpoint(name)` wraps a handler (errors -> one-line JSON with
     its status, metrics), `read_body` reads a size-checked body and `parse_form(request, body,
-    limit)` parses it as a multipart form; `frames_done(n)` counts rendered frames."""
+    limit)` parses it as a multipart form; `frames_done(n)` counts rendered frames.
+    label_map (label_map.LabelMap): label maps loaded here (samples, uploads) are in its source
+    ids or colours and are mapped to the model's ids as they are decoded; the page edits and
+    renders model ids."""
     by_name = {s.name: s for s in samples}
     token = secrets.token_urlsafe(24)
     page_html = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -187,7 +191,12 @@ def editor_routes(models, endpoint, read_body, samples: list[Sample], *, default
                         headers={"X-Width": str(W), "X-Height": str(H)})
 
     def load(label_src, inst_src, label_name: str, inst_name: str):
-        label = read_id_png(label_src, max_pixels, name=label_name)
+        if label_map is None:
+            label = read_id_png(label_src, max_pixels, name=label_name)
+        else:
+            label = label_ids(read_label_png(label_src, max_pixels, name=label_name,
+                                             label_format="auto"), label_name,
+                              label_map=label_map)
         if inst_src is None:
             # No instance map: derived as `--instances auto` derives it (each connected region
             # of a thing class one object, class*1000+k; stuff keeps its class id), so every

@@ -121,6 +121,10 @@ class EditOptions(ServerOptions):
     label: str | None = setting(None, "", argument=True, path="file")
     instances: str | None = setting(None, "The instance map (16-bit PNG) of LABEL.",
                                     path="file")
+    label_map: str | None = setting(
+        None, "Label maps loaded (LABEL and in the page) are in this map's source ids or "
+              "colours (JSON {\"14\": 26} or `SOURCE ID` lines), mapped to the model's ids.",
+        path="file")
 
     def __post_init__(self):
         check(self)
