@@ -99,7 +99,7 @@ def grpc_inputs(label: np.ndarray, inst: np.ndarray):
     return [a, b]
 
 
-def fault(call) -> grpc.StatusCode | None:
+def fault(call) -> "tg.InferenceServerException":
     with pytest.raises(tg.InferenceServerException) as e:
         call()
     return e.value
@@ -454,49 +454,41 @@ def test_perf_inputs_writes_the_frames_as_perf_analyzer_reads_them(work, tmp_pat
     assert res.exit_code != 0 and "perf_analyzer sends one shape per input" in res.output
 
 
-def test_api_key_guards_grpc_as_http(work, tmp_path):
-    key = "k" * 24
-    log = tmp_path / "serve.log"
-    with cli_server(["serve", "--engine", work / "m.pt", "--device", "cpu", "--mode", "plain",
-                     "--log-level", "warning", "--grpc-port", 0, "--api-key", key], log):
-        c = tg.InferenceServerClient(re.search(r"gRPC on (\S+)", log.read_text()).group(1))
-        assert c.is_server_live() and c.is_server_ready()          # the probes stay open
-        label, inst, ran = frame(work, 0)
-        e = fault(lambda: c.infer("p2phd", grpc_inputs(label, inst)))
-        assert e.status() == "StatusCode.UNAUTHENTICATED" and "needs an API key" in e.message()
-        e = fault(lambda: c.get_model_config("p2phd", headers={"authorization": "Bearer no"}))
-        assert e.status() == "StatusCode.UNAUTHENTICATED" and "not valid" in e.message()
-        res = c.infer("p2phd", grpc_inputs(label, inst),
-                      headers={"authorization": f"Bearer {key}"})
-        assert np.array_equal(res.as_numpy("image")[0], ran)
-
-
-def test_repository_index_load_unload_over_grpc(work, tmp_path):
-    """Two models in a repository, explicit model control, driven over gRPC; the loaded one
-    answers with the pixels run wrote for its weights."""
+def test_repository_and_api_key_over_grpc(work, tmp_path):
+    """Two models in a repository, explicit model control, an API key, all over gRPC: index,
+    load, unload; the loaded model answers with the pixels run wrote for its weights; every call
+    but the health probes needs the key."""
     import shutil
     for name in ("a", "b"):
         (tmp_path / "models" / name / "1").mkdir(parents=True)
         shutil.copy(work / "m.pt", tmp_path / "models" / name / "1" / "model.pt")
+    key = "k" * 24
+    auth = {"authorization": f"Bearer {key}"}
     log = tmp_path / "serve.log"
     with cli_server(["serve", "--model-repository", tmp_path / "models", "--model-control-mode",
                      "explicit", "--load-model", "a", "--device", "cpu", "--mode", "plain",
-                     "--log-level", "warning", "--grpc-port", 0], log):
+                     "--log-level", "warning", "--grpc-port", 0, "--api-key", key], log):
         c = tg.InferenceServerClient(re.search(r"gRPC on (\S+)", log.read_text()).group(1))
+        label, inst, ran = frame(work, 0)
+        assert c.is_server_live() and c.is_server_ready()          # the probes stay open
+        e = fault(lambda: c.infer("a", grpc_inputs(label, inst)))
+        assert e.status() == "StatusCode.UNAUTHENTICATED" and "needs an API key" in e.message()
+        e = fault(lambda: c.get_model_config("a", headers={"authorization": "Bearer no"}))
+        assert e.status() == "StatusCode.UNAUTHENTICATED" and "not valid" in e.message()
 
         def index():
-            return {m.name: m.state for m in c.get_model_repository_index().models}
+            return {m.name: m.state for m in c.get_model_repository_index(headers=auth).models}
         assert index() == {"a": "READY", "b": "UNAVAILABLE"}
-        assert not c.is_model_ready("b")
-        c.load_model("b")
-        assert index() == {"a": "READY", "b": "READY"} and c.is_model_ready("b")
-        label, inst, ran = frame(work, 0)
-        assert np.array_equal(c.infer("b", grpc_inputs(label, inst)).as_numpy("image")[0], ran)
-        c.unload_model("a")
+        assert not c.is_model_ready("b", headers=auth)
+        c.load_model("b", headers=auth)
+        assert index() == {"a": "READY", "b": "READY"} and c.is_model_ready("b", headers=auth)
+        res = c.infer("b", grpc_inputs(label, inst), headers=auth)
+        assert np.array_equal(res.as_numpy("image")[0], ran)
+        c.unload_model("a", headers=auth)
         assert index()["a"] == "UNAVAILABLE"
-        e = fault(lambda: c.infer("a", grpc_inputs(label, inst)))
+        e = fault(lambda: c.infer("a", grpc_inputs(label, inst), headers=auth))
         assert e.status() == "StatusCode.UNAVAILABLE" and "not loaded" in e.message()
-        e = fault(lambda: c.load_model("nope"))
+        e = fault(lambda: c.load_model("nope", headers=auth))
         assert e.status() == "StatusCode.NOT_FOUND"
-        e = fault(lambda: c.load_model("b", config='{"max_batch_size": 2}'))
+        e = fault(lambda: c.load_model("b", config='{"max_batch_size": 2}', headers=auth))
         assert e.status() == "StatusCode.INVALID_ARGUMENT" and "config" in e.message()
