@@ -14,12 +14,15 @@ from pathlib import Path
 import torch
 
 from p2phd_infer.checkpoint import Checkpoint
+from p2phd_infer.engines.aoti import quiet_cuda_toolkit_warning
 from p2phd_infer.engines.base import METADATA_KEY, info_to_json, resolve_device
 from p2phd_infer.errors import OptionError
 from p2phd_infer.files import write_atomic
 
 from .graphs import build_graph, check_size, example_inputs
 from .graphs import engine_info
+
+quiet_cuda_toolkit_warning()
 
 
 def export_program(ckpt: Checkpoint, height: int, width: int, max_batch: int,

@@ -217,6 +217,7 @@ def run_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
         summary.skipped += sum(len(jobs) for v, jobs in videos if v in done)
         videos = [(v, jobs) for v, jobs in videos if v not in done]
     summary.settings["videos"] = len(videos)
+    summary.videos = 0
     if not videos:
         return summary
 
@@ -259,6 +260,7 @@ def run_videos(engine: Engine, style, todo: Plan, opts: RunOptions,
                     bar.update(1)
             else:
                 summary.written += written
+                summary.videos += 1
         summary.settings["batches"] = dict(sorted(rt.stats.batch_sizes.items()))
     summary.seconds = time.perf_counter() - t0
     summary.frames_per_second = summary.written / summary.seconds if summary.seconds > 0 else 0.0

@@ -32,6 +32,7 @@ class Setting:
     flag: str | None = None              # the option's name; default: --field-name
     shown_default: str | None = None     # the help's [default: ...] where the value is None
     renamed_from: tuple = ()             # deprecated old flags, each still accepted with a warning
+    also: tuple = ()                     # other spellings, as good as the flag (--no-ganFeat-loss)
     argument: bool = False               # a positional argument, not an option
     multiple: bool = False               # repeatable; the value is a tuple
     required: bool = False

@@ -7,7 +7,8 @@
 A frame's label map pairs with an instance map by, in order:
   1. the same relative name in the `instances` folder;
   2. Cityscapes names in one folder (`X_gtFine_labelIds.png` <-> `X_gtFine_instanceIds.png`);
-  3. pix2pixHD sibling folders (`test_label/` <-> `test_inst/`).
+  3. sibling folders: pix2pixHD's `test_label/` <-> `test_inst/` (and `train_A/` <->
+     `train_inst/` for RGB inputs), the demo's `labels/` <-> `instances/`.
 Locations are local paths or URIs (locations.py); the rules are the same for both.
 """
 from __future__ import annotations
@@ -181,6 +182,7 @@ class RunSummary:
     steady_frames_per_second: float | None = None
     failures: list[dict] = field(default_factory=list)   # {"file": ..., "fault": ...}
     settings: dict = field(default_factory=dict)
+    videos: int | None = None     # --format mp4: videos written (`written` counts their frames)
 
     def add_failure(self, record: dict) -> None:
         self.failed += 1
@@ -193,7 +195,9 @@ class RunSummary:
             start = f"; first frame {self.first_frame_seconds:.2f} s after the engine began " \
                     f"loading" + (f", then {self.steady_frames_per_second:.2f} frames/s"
                                   if self.steady_frames_per_second else "")
-        return (f"{self.frames} frames: {self.written} written, {self.skipped} skipped (exist), "
+        written = f"{self.written} written" if self.videos is None else \
+            f"{self.written} written in {self.videos} video{'s' if self.videos != 1 else ''}"
+        return (f"{self.frames} frames: {written}, {self.skipped} skipped (exist), "
                 f"{self.failed} failed; {self.frames_per_second:.2f} frames/s "
                 f"({self.seconds:.1f} s){start}{where}{ran}")
 
@@ -221,10 +225,27 @@ def _instance_candidates(label: str, rel: str, instances: str | None) -> list[st
             cands.append(label[: -len(suffix)] + INSTANCE_SUFFIX)
     parts = label.split("/") if sep else list(Path(label).parts)
     for i, part in enumerate(parts[:-1]):
-        if part.endswith("_label"):      # test_label/ -> test_inst/, train_label/ -> train_inst/
-            new = parts[:i] + [part[: -len("_label")] + "_inst"] + parts[i + 1:]
+        sibling = _sibling_folder(part)
+        if sibling is not None:
+            new = parts[:i] + [sibling] + parts[i + 1:]
             cands.append("/".join(new) if sep else str(Path(*new)))
     return cands
+
+
+# Folders of label maps and the sibling folder of their instance maps: pix2pixHD's
+# PHASE_label/ <-> PHASE_inst/ and, for label_nc 0 (RGB inputs), PHASE_A/ <-> PHASE_inst/; and
+# the plain labels/ <-> instances/ of the bundled demo.
+SIBLING_SUFFIXES = (("_label", "_inst"), ("_A", "_inst"))
+SIBLING_NAMES = {"labels": "instances", "label": "instances"}
+
+
+def _sibling_folder(name: str) -> str | None:
+    if name in SIBLING_NAMES:
+        return SIBLING_NAMES[name]
+    for suffix, inst in SIBLING_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)] + inst
+    return None
 
 
 def discover(labels: str, instances: str | None = None, *, label_format: str = "ids",

@@ -119,7 +119,7 @@ def test_area_rule_keeps_exactly_the_reference_instances(tmp_path):
     assert sorted(want) == [7, 26, 33] and len(want[26]) == 3     # 26001, 26003, and 26001 again
     # More clusters than instances: every kept instance is its own centre, so the centres are
     # exactly the kept instances' features.
-    code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
+    code, out = run_cli(["features", "--engine", model, "--data", tmp_path / "data",
                          "--clusters", 50, "--device", "cpu", "--resize-or-crop", "none", "--workers", 0])
     assert code == 0, out
     assert "from 6 of 9 instances" in out           # road x2, 26001, 26003, 26001', 33001
@@ -139,7 +139,7 @@ def test_kmeans_per_label_capped_at_clusters(tmp_path):
     model = tmp_path / "model.pt"
     enc = tiny_model(model, GLOBAL).eval()
     want = expected_kept(enc, GLOBAL, scenes)
-    code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
+    code, out = run_cli(["features", "--engine", model, "--data", tmp_path / "data",
                          "--clusters", 2, "--device", "cpu", "--resize-or-crop", "none", "--workers", 1])
     assert code == 0, out
     got = load_checkpoint(model).features
@@ -202,7 +202,7 @@ def test_features_export_official_reads_back(tmp_path):
     tiny_model(model, GLOBAL)
     npy = tmp_path / "out" / "features.npy"
     npy.parent.mkdir()
-    code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
+    code, out = run_cli(["features", "--engine", model, "--data", tmp_path / "data",
                          "--device", "cpu", "--resize-or-crop", "none", "--export-official", npy])
     assert code == 0, out
     stored = load_checkpoint(model).features
@@ -219,13 +219,13 @@ def test_features_errors_are_one_line(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(Checkpoint(cfg, build_generator(cfg).state_dict()), model)
     write_dataset(tmp_path / "data")
-    code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
+    code, out = run_cli(["features", "--engine", model, "--data", tmp_path / "data",
                          "--device", "cpu", "--resize-or-crop", "none"])
     assert code == 2 and "has no encoder" in out and "Traceback" not in out
     model2 = tmp_path / "model.pt"
     tiny_model(model2, GLOBAL)
     (tmp_path / "data" / "train_img" / "001.png").unlink()
-    code, out = run_cli(["features", "--model", model2, "--data", tmp_path / "data",
+    code, out = run_cli(["features", "--engine", model2, "--data", tmp_path / "data",
                          "--device", "cpu", "--resize-or-crop", "none"])
     assert code == 2 and "001.png" in out and "no photo" in out
     assert load_checkpoint(model2).features is None                 # untouched on failure
@@ -242,7 +242,7 @@ def test_photos_load_as_the_model_was_trained(tmp_path):
     write_dataset(tmp_path / "data")
     model = tmp_path / "model.pt"
     tiny_model(model, GLOBAL)
-    code, out = run_cli(["features", "--model", model, "--data", tmp_path / "data",
+    code, out = run_cli(["features", "--engine", model, "--data", tmp_path / "data",
                          "--device", "cpu", "--load-size", 128])
     assert code == 0 and "from 6 of 9 instances" in out, out
 

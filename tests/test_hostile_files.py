@@ -419,7 +419,7 @@ def test_features_export_into_an_uncreatable_folder_is_checked_first(tmp_path, f
     out = tmp_path / "afile" / "missing" / "features.npy"
     monkeypatch.setattr("p2phd_infer.cli.features.build_dictionary",
                         lambda *a, **k: pytest.fail("the slow work ran before the check"))
-    line = error_line(cli("features", "--model", m, "--data", data, "--export-official", out,
+    line = error_line(cli("features", "--engine", m, "--data", data, "--export-official", out,
                           "--device", "cpu", "--workers", 0))
     assert line == f"error: {out}: {tmp_path / 'afile'} is not a folder", line
     assert m.read_bytes() == before
@@ -431,7 +431,7 @@ def test_features_export_into_a_missing_folder_creates_it(tmp_path, feature_setu
     is that it is checked before the slow work, and model.pt is rewritten last."""
     m, data, before = feature_setup
     out = tmp_path / "new" / "deeper" / "features_clustered_010.npy"
-    r = cli("features", "--model", m, "--data", data, "--export-official", out,
+    r = cli("features", "--engine", m, "--data", data, "--export-official", out,
             "--device", "cpu", "--workers", 0, "--resize-or-crop", "none")
     assert r.exit_code == 0, r.output
     feats = read_official_features(out)
@@ -446,7 +446,7 @@ def test_features_failures_leave_model_pt_byte_identical(tmp_path, feature_setup
     # A damaged photo: found by the up-front check, before any encoding.
     photo = sorted((data / "train_img").iterdir())[1]
     photo.write_bytes(photo.read_bytes()[:120])
-    r = cli("features", "--model", m, "--data", data, "--export-official", out,
+    r = cli("features", "--engine", m, "--data", data, "--export-official", out,
             "--device", "cpu", "--workers", 0, "--resize-or-crop", "none")
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert f"{photo}: not a readable image" in r.stderr, r.stderr
@@ -459,7 +459,7 @@ def test_features_failures_leave_model_pt_byte_identical(tmp_path, feature_setup
     def refuse(features, path):
         raise OutputError(path, "cannot be written (No space left on device)")
     monkeypatch.setattr("p2phd_infer.cli.features.write_official_features", refuse)
-    line = error_line(cli("features", "--model", m, "--data", data, "--export-official", out,
+    line = error_line(cli("features", "--engine", m, "--data", data, "--export-official", out,
                           "--device", "cpu", "--workers", 0, "--resize-or-crop", "none"),
                       progress=True)
     assert line == f"error: {out}: cannot be written (No space left on device)"

@@ -60,7 +60,7 @@ def error_line(result) -> str:
 def usage_error(result, option: str) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert "Traceback" not in result.output
-    assert f"'{option}'" in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: {option}: "), result.stderr  # the project's line
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,7 @@ def test_features_label_names_checked_before_encoding(tmp_path, monkeypatch):
     called = []
     monkeypatch.setattr("p2phd_infer.cli.features.build_dictionary",
                         lambda *a, **k: called.append(1))
-    r = CliRunner().invoke(main, ["features", "--model", str(model), "--data", str(tmp_path),
+    r = CliRunner().invoke(main, ["features", "--engine", str(model), "--data", str(tmp_path),
                                   "--label-names", str(bad)])
     assert r.exit_code == 2 and f"{bad}:1: label id 9 is out of range (0..3" in r.output
     assert not called

@@ -441,7 +441,7 @@ def test_train_label_nc_0_on_rgb_inputs(tmp_path):
     assert out.shape == (1, 3, 32, 64)
     # and the feature dictionary reads the same layout
     from p2phd_infer.cli import main
-    r = CliRunner().invoke(main, ["features", "--model", str(path), "--data", str(root),
+    r = CliRunner().invoke(main, ["features", "--engine", str(path), "--data", str(root),
                                   "--device", "cpu", "--resize-or-crop", "none", "--workers", "0"])
     assert r.exit_code == 0, r.output
     assert load_checkpoint(path).features

@@ -85,7 +85,7 @@ def test_run_format_mp4_one_video_per_folder_and_a_rerun_skips_it(tmp_path):
             "--mode", "plain"]
     code, out = run(args)
     assert code == 0, out
-    assert "11 frames: 11 written" in out
+    assert "11 frames: 11 written in 2 videos, 0 skipped" in out      # frames and videos
     top = read_video(tmp_path / "o" / "test_label.mp4")
     assert len(top) == 8 and top[0].shape == (32, 48, 3)
     assert len(read_video(tmp_path / "o" / "cam2.mp4")) == 3
@@ -99,6 +99,6 @@ def test_run_format_mp4_one_video_per_folder_and_a_rerun_skips_it(tmp_path):
         errs = [np.abs(f.astype(int) - p).mean() for p in pngs]
         assert int(np.argmin(errs)) == k
     code, out = run(args)
-    assert code == 0 and "11 frames: 0 written, 11 skipped" in out, out
+    assert code == 0 and "11 frames: 0 written in 0 videos, 11 skipped" in out, out
     code, out = run(args + ["--ray"])
     assert code == 2 and "mp4 is encoded by the local executor" in out

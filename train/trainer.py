@@ -33,7 +33,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,16 +43,16 @@ from p2phd_infer.checkpoint import (Checkpoint, check_state, load_checkpoint, sa
 from p2phd_infer.engines.base import resolve_device
 from p2phd_infer.errors import CheckpointError, Error, OptionError
 from p2phd_infer.files import check_writable, remove_stale_temps, write_atomic
-from p2phd_infer.config import BOUNDS, MAX_ENHANCERS, MAX_FEAT_NUM, MAX_FILTERS, ModelConfig
+from p2phd_infer.config import ModelConfig
 from p2phd_infer.image_io import write_image
 from p2phd_infer.instance_features import encoder_features
 from p2phd_infer.label_names import read_label_names
 from p2phd_infer.labels import CITYSCAPES_NAMES, encode_labels
-from p2phd_infer.limits import MAX_BATCH, MAX_POOL_SIZE
 from p2phd_infer.networks import build_encoder, build_generator
 
-from .datasets import RESIZE_MODES, PairedDataset
+from .datasets import PairedDataset
 from .discriminator import MultiscaleDiscriminator, fit_discriminator, load_discriminator
+from .options import TrainOptions, flag
 from .pool import ImagePool
 from . import losses as loss_module
 from .losses import VGG19Features, VGGLoss, feature_matching_loss, gan_loss
@@ -64,114 +63,6 @@ LOSS_NAMES = ("G_GAN", "G_GAN_Feat", "G_VGG", "D_real", "D_fake")
 # Options a resumed run may change; everything else comes from the saved run.
 RUNTIME_OPTIONS = ("max_steps", "save_every", "device", "num_workers", "dataroot", "progress",
                    "name", "checkpoints_dir")
-
-
-@dataclass
-class TrainOptions:
-    dataroot: str
-    name: str = "p2phd"
-    checkpoints_dir: str = "checkpoints"
-    dataset_mode: str = "pix2pixhd"        # pix2pixhd | cityscapes
-    phase: str = "train"                   # folder prefix (pix2pixhd) or split (cityscapes)
-    stage: str = "global"                  # global | local
-    load_global: str | None = None         # stage local: the global stage's model.pt
-    # Architecture. None: the official default (stage global) or the loaded G1's value (local).
-    label_nc: int | None = None
-    no_instance: bool = False
-    instance_feat: bool = False
-    feat_num: int | None = None
-    ngf: int | None = None                 # G1's filters (global); the enhancer's (local)
-    n_downsample_global: int | None = None
-    n_blocks_global: int | None = None
-    n_local_enhancers: int = 1
-    n_blocks_local: int = 3
-    nef: int | None = None
-    n_downsample_E: int | None = None
-    ndf: int = 64
-    n_layers_d: int = 3
-    num_d: int = 2
-    # Schedule (epochs).
-    niter: int = 100
-    niter_decay: int = 100
-    niter_fix_global: int = 0
-    lr: float = 2e-4
-    beta1: float = 0.5
-    batch_size: int = 1
-    load_d: str | None = None              # an official latest_net_D.pth to start D from
-    label_names: str | None = None         # id -> name (colour) file; default Cityscapes names
-    # Data.
-    resize_or_crop: str = "scale_width"    # none | scale_width | scale_width_and_crop | crop
-    load_size: int = 1024
-    fine_size: int = 512                   # crop modes: the square crop's side
-    no_flip: bool = False
-    num_workers: int = 2
-    # Losses.
-    lambda_feat: float = 10.0
-    no_ganfeat_loss: bool = False          # the official --no_ganFeat_loss
-    no_lsgan: bool = False                 # vanilla GAN (BCE) instead of least squares
-    pool_size: int = 0                     # image pool of earlier fakes shown to D (0: off)
-    no_vgg: bool = False
-    vgg_weights: str | None = None
-    # Run.
-    max_steps: int | None = None
-    save_every: int = 1000
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    progress: bool = True
-
-    def __post_init__(self):
-        # The same bounds as the command line's (p2phd_infer/cli/train.py), for callers of the
-        # Python API and for options read back from a trainer_state.pt: a bad value is refused
-        # here by its option name, never met as a crash at step 1 or mid-run.
-        for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise OptionError(flag(name), f"{getattr(self, name)!r} is not one of "
-                                              f"{', '.join(choices)}")
-        for name, (lo, hi) in INT_BOUNDS.items():
-            value = getattr(self, name)
-            if value is None and name in OPTIONAL:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise OptionError(flag(name), f"must be an integer, not {value!r}")
-            if not lo <= value <= hi:
-                raise OptionError(flag(name), f"{value} is out of range ({lo}..{hi})")
-        for name, ok, what in (("lr", lambda v: 0 < v <= 1, "in (0, 1]"),
-                               ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
-                               ("lambda_feat", lambda v: 0 <= v <= 1e6, "in [0, 1e6]")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not math.isfinite(value) or not ok(value):
-                raise OptionError(flag(name), f"{value!r} is out of range (must be {what})")
-        if self.niter + self.niter_decay < 1:
-            raise OptionError("--niter/--niter-decay", "0 epochs in all: nothing to train")
-        if not isinstance(self.dataroot, (str, os.PathLike)) or not str(self.dataroot):
-            raise OptionError("--dataroot", "a dataset folder is required")
-
-
-def flag(name: str) -> str:
-    """The command-line option of a TrainOptions field: n_downsample_E -> --n-downsample-e."""
-    return "--" + name.replace("_", "-").lower()
-
-
-# Bounds of the integer options (the architecture ones are ModelConfig's).
-INT_BOUNDS = {
-    "label_nc": BOUNDS["label_nc"], "feat_num": (1, MAX_FEAT_NUM), "ngf": BOUNDS["ngf"],
-    "n_downsample_global": BOUNDS["n_downsample_global"],
-    "n_blocks_global": BOUNDS["n_blocks_global"], "n_local_enhancers": (1, MAX_ENHANCERS),
-    "n_blocks_local": BOUNDS["n_blocks_local"], "nef": BOUNDS["nef"],
-    "n_downsample_E": BOUNDS["n_downsample_E"], "ndf": (1, MAX_FILTERS), "n_layers_d": (1, 8),
-    "num_d": (1, 8), "niter": (0, 10**6), "niter_decay": (0, 10**6),
-    "niter_fix_global": (0, 10**6), "batch_size": (1, MAX_BATCH), "load_size": (1, 65536),
-    "num_workers": (0, 256), "max_steps": (1, 10**12), "save_every": (1, 10**12),
-    "seed": (0, 2**63 - 1), "fine_size": (1, 65536), "pool_size": (0, MAX_POOL_SIZE),
-}
-OPTIONAL = {"label_nc", "feat_num", "ngf", "n_downsample_global", "n_blocks_global", "nef",
-            "n_downsample_E", "max_steps"}
-CHOICES = {"stage": ("global", "local"), "dataset_mode": ("pix2pixhd", "cityscapes"),
-           "resize_or_crop": RESIZE_MODES,
-           "precision": ("auto", "fp32", "bf16", "fp16")}
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -448,6 +339,7 @@ class Training:
         self.device, self.world = device, world
         self.fix_steps = fix_steps
         self.pool, self.vgg_loss = pool, vgg_loss
+        self.frame_size: list[int] | None = None    # [H, W] of the training frames (model.pt)
         self.betas = (opts.beta1, 0.999)
         self.opt_D = torch.optim.Adam(D.parameters(), lr=opts.lr, betas=self.betas)
         self.amp = precision in ("bf16", "fp16")
@@ -536,6 +428,8 @@ class Training:
                 "train_seconds": round(self.train_seconds, 1),
                 "resize_or_crop": opts.resize_or_crop, "load_size": opts.load_size,
                 "fine_size": opts.fine_size, "dataset_mode": opts.dataset_mode}
+        if self.frame_size:          # `export`'s default engine size
+            info["frame_size"] = self.frame_size
         extra = {"train_info": info}
         if label_colors:
             extra["label_colors"] = label_colors
@@ -726,6 +620,7 @@ def train(opts: TrainOptions, given: set[str] | None = None) -> Path:
         n_g = sum(p.numel() for p in G.parameters())
         n_e = sum(p.numel() for p in E.parameters()) if E is not None else 0
         H, W = dataset[0]["label"].shape[-2:]
+        run.frame_size = [int(H), int(W)]
         print(f"stage {opts.stage}: {cfg.netG} G {n_g:,} params"
               + (f", E {n_e:,}" if E is not None else "")
               + f", D {sum(p.numel() for p in D.parameters()):,}; {len(dataset)} samples at "

@@ -13,114 +13,42 @@ from ..errors import MissingDependency, OptionError
 from ..export.graphs import check_size
 from ..export.parity import check_engine
 from ..files import check_writable, temp_path
-
-SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine"), "aoti": (".pt2",),
-            "openvino": (".xml",)}
+from .options import click_options
 
 
-def _size(ctx, param, value):
-    """'WxH' -> (H, W)."""
-    if value is None:
-        return None
-    w, sep, h = value.lower().partition("x")
-    if not sep or not w.strip().isdigit() or not h.strip().isdigit() or not int(w) or not int(h):
-        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 2048x1024")
-    return int(h), int(w)
+def _export_options(command):
+    from ..export.options import ExportOptions
+    return click_options(ExportOptions)(command)
 
 
 @click.command("export")
-@click.option("--engine", "engine_path", required=True, type=click.Path(dir_okay=False),
-              help="The model.pt to export.")
-@click.option("--format", "fmt", required=True, type=click.Choice(sorted(SUFFIXES)),
-              help="onnx (onnxruntime, and the input to TensorRT), tensorrt (.plan, FP16), "
-                   "aoti (AOTInductor .pt2), openvino (.xml + .bin, OpenVINO's CPU plugin).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Output file: .onnx, .plan/.engine or .pt2.")
-@click.option("--height", default=1024, show_default=True, type=click.IntRange(1),
-              help="Frame height the engine is built for.")
-@click.option("--width", default=2048, show_default=True, type=click.IntRange(1),
-              help="Frame width the engine is built for.")
-@click.option("--max-batch", default=4, show_default=True, type=click.IntRange(1),
-              help="Largest batch the engine takes (TensorRT profile, AOTInductor bound).")
-@click.option("--fp16/--fp32", default=None,
-              help="Precision. tensorrt: fp16 by default (normalization kept fp32); aoti: fp32 "
-                   "by default, fp16 needs --device cuda; onnx: fp32 only.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32",
-              show_default=True,
-              help="openvino: int8 quantizes the IR with NNCF post-training quantization "
-                   "(calibrated on --calibration; first/last layers and InstanceNorm kept f32).")
-@click.option("--calibration", type=click.Path(file_okay=False),
-              help="--precision int8: folder of label maps (PNG) to calibrate on [default: the "
-                   "bundled samples].")
-@click.option("--device", default="auto", show_default=True,
-              help="aoti: compile for cpu or cuda (auto: cuda if present); tensorrt: the GPU.")
-@click.option("--graph", type=click.Choice(["generator", "style"]), default="generator",
-              show_default=True,
-              help="generator: label, inst[, feat] -> image (what `run` uses). style: also takes "
-                   "an example photo and its instance map, and runs the encoder inside.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False),
-              help="TensorRT timing cache file [default: ~/.cache/p2phd-infer/"
-                   "tensorrt-timing.cache].")
-@click.option("--dynamic-size", is_flag=True,
-              help="onnx, tensorrt: height and width dynamic (any multiple of the network's "
-                   "stride within --min-size..--max-size); --height/--width is then the size "
-                   "traced at and TensorRT's opt size.")
-@click.option("--min-size", callback=_size, metavar="WxH",
-              help="--dynamic-size: smallest frame [the network's minimum].")
-@click.option("--opt-size", callback=_size, metavar="WxH",
-              help="--dynamic-size, tensorrt: the size TensorRT tunes for [--width x --height].")
-@click.option("--max-size", callback=_size, metavar="WxH",
-              help="--dynamic-size: largest frame [onnx: 8192x8192; tensorrt: --opt-size, as "
-                   "TensorRT sizes its memory for the max].")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Compare the written engine with the fp32 PyTorch model on random inputs.")
-def export_cmd(engine_path, fmt, out, height, width, max_batch, fp16, device, graph,
-               timing_cache, check, dynamic_size=False, min_size=None, opt_size=None,
-               max_size=None, precision="fp32", calibration=None):
+@_export_options
+def export_cmd(**options):
     """Export a model.pt to an engine file that `p2phd-infer run --engine FILE` takes as is.
 
     The engine file carries the architecture, label names, feature dictionary, frame size, max
-    batch and precision. Batch is dynamic (1..--max-batch); height and width are fixed.
+    batch and precision. Batch is dynamic (1..--max-batch); height and width are the model's
+    training frame size unless given, or a range with --dynamic-size (onnx, tensorrt).
     """
-    out = Path(out)
-    if out.suffix.lower() not in SUFFIXES[fmt]:
-        raise OptionError(out, f"a {fmt} engine file must end in {' or '.join(SUFFIXES[fmt])}")
-    if fmt == "onnx" and fp16:
-        raise OptionError("--fp16", "ONNX export is fp32 (--format tensorrt builds its fp16 "
-                                    "engine from an fp16-typed graph of its own)")
-    if fmt == "openvino" and fp16:
-        raise OptionError("--fp16", "the OpenVINO IR keeps fp32 weights; the precision (fp32 or "
-                                    "bf16) is chosen at run time: run --precision")
-    if precision == "int8" and (fmt != "openvino" or graph != "generator"):
-        raise OptionError("--precision", "int8 is an OpenVINO generator graph (--format "
-                                         "openvino, --graph generator)")
-    if calibration is not None and precision != "int8":
-        raise OptionError("--calibration", "calibrates --precision int8")
-    sizes = {"--min-size": min_size, "--opt-size": opt_size, "--max-size": max_size}
-    if dynamic_size and fmt not in ("onnx", "tensorrt"):
-        raise OptionError("--dynamic-size", "onnx and tensorrt only (openvino and aoti engines "
-                                            "are built per frame size)")
-    given = next((k for k, v in sizes.items() if v is not None), None)
-    if given and not dynamic_size:
-        raise OptionError(given, "sets a size range: add --dynamic-size")
-    if opt_size is not None and fmt != "tensorrt":
-        raise OptionError("--opt-size", "TensorRT's profile only (--format tensorrt)")
+    from ..export.options import ExportOptions, engine_size
+    opts = ExportOptions(**options)
+    fmt, out, graph = opts.format, Path(opts.out), opts.graph
     check_writable(out)
-    ckpt = load_checkpoint(engine_path)
-    _validate(ckpt, fmt, height, width, fp16, device, graph)
-    dynamic = dict(dynamic_size=dynamic_size, min_size=min_size, opt_size=opt_size,
-                   max_size=max_size) if dynamic_size else None
+    ckpt = load_checkpoint(opts.engine)
+    (height, width), dynamic = engine_size(opts, ckpt)
+    _validate(ckpt, fmt, height, width, opts.fp16, opts.device, graph)
     with tqdm(total=3, desc=f"export {fmt}", unit="step", leave=False) as bar:
-        engine = _export(ckpt, fmt, out, height, width, max_batch, fp16, device, graph,
-                         timing_cache, bar, dynamic, (precision, calibration))
+        engine = _export(ckpt, fmt, out, height, width, opts.max_batch, opts.fp16, opts.device,
+                         graph, opts.timing_cache, bar, dynamic,
+                         (opts.precision, opts.calibration))
         bar.update(1)
         result = None
-        if check:
+        if opts.check:
             bar.set_postfix_str("parity check")
             result = check_engine(engine, ckpt, size=(height, width))
         bar.update(1)
     size = out.stat().st_size / 2**20
-    batches = f"batch 1..{max_batch}" if engine.info.max_batch is not None else "any batch"
+    batches = f"batch 1..{opts.max_batch}" if engine.info.max_batch is not None else "any batch"
     frames = f"{width}x{height}"
     spec = engine.info.extra.get("dynamic_size") if engine.info.size is None else None
     if spec:

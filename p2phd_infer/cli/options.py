@@ -42,7 +42,9 @@ def _decls(f, s, kind, default):
     attrs = dict(help=s.help, type=_click_type(s, kind), required=s.required)
     if kind is bool:
         attrs.pop("type")
-        if default is True:        # --no-progress sets progress=False
+        if "/" in name:            # --check/--no-check: both spellings, the default shown
+            attrs.update(default=default, show_default=default is not None)
+        elif default is True:      # --no-progress sets progress=False
             attrs.update(flag_value=False, default=True)
         else:
             attrs.update(is_flag=True, default=False)
@@ -61,7 +63,7 @@ def _decls(f, s, kind, default):
     if s.metavar:
         attrs["metavar"] = s.metavar
     attrs.update(s.click or {})
-    return [name, f.name], attrs
+    return [name, *s.also, f.name], attrs
 
 
 def click_options(cls, *, skip: tuple = (), only: tuple | None = None):

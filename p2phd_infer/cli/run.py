@@ -24,8 +24,8 @@ def run_cmd(fp16, **options):
     """Synthesize OUT/<name>.png (or .jpg) for every label map in LABELS (a folder or one PNG).
 
     Instance maps pair by file name in --instances, by Cityscapes names
-    (*_gtFine_labelIds.png / *_gtFine_instanceIds.png) in one folder, or by pix2pixHD sibling
-    folders (test_label/ / test_inst/). Frames are decoded, batched, synthesized and encoded in
+    (*_gtFine_labelIds.png / *_gtFine_instanceIds.png) in one folder, or by sibling folders
+    (test_label/ / test_inst/, train_A/ / train_inst/, labels/ / instances/). Frames are decoded, batched, synthesized and encoded in
     overlapping stages. A bad file is reported on one line and skipped; the others are still
     written, and the exit status is non-zero at the end. Existing outputs are skipped unless
     --overwrite. With no LABELS, the bundled sample label maps are used.
@@ -40,10 +40,7 @@ def run_cmd(fp16, **options):
     if opts.summary_json:
         check_writable(opts.summary_json, streams=True)
 
-    def report(record: dict) -> None:
-        line = f"{record['file']}: {record['fault']}" if record["file"] else record["fault"]
-        tqdm.write(f"error: {line}", file=sys.stderr)     # above the progress bar
-
+    report = FaultReport()
     if opts.ray is not None:
         from ..ray_run import run_on_ray
         summary = run_on_ray(opts, on_failure=report)
@@ -52,15 +49,41 @@ def run_cmd(fp16, **options):
         from ..local_run import run_local
         summary = run_local(opts, on_failure=report)
         where = ""
+    report.close()
     finish(summary, opts, where)
 
 
+class FaultReport:
+    """Each frame's fault as one `error:` line above the progress bar; a fault every frame meets
+    (an engine built for another size, a folder-wide problem) only the first time, and at the
+    end how many more frames had it. --summary-json still lists every frame."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}      # fault -> frames with it after the first
+
+    def __call__(self, record: dict) -> None:
+        fault = record["fault"]
+        if fault in self.seen:
+            self.seen[fault] += 1
+            return
+        self.seen[fault] = 0
+        line = f"{record['file']}: {fault}" if record["file"] else fault
+        tqdm.write(f"error: {line}", file=sys.stderr)
+
+    def close(self) -> None:
+        for fault, more in self.seen.items():
+            if more:
+                click.echo(f"error: {more} more frame{'s' if more > 1 else ''} failed the same "
+                           f"way: {fault}", err=True)
+
+
 def finish(summary: RunSummary, opts: RunOptions, where: str) -> None:
-    """The closing line (and --summary-json) of a run; exit 1 if a frame failed."""
-    click.echo(summary.line(where), err=True)
+    """The closing line (and --summary-json) of a run; exit 1 if a frame failed. A run that
+    found no frame is an error, with no summary line before it."""
     if opts.summary_json:
         summary.write_json(opts.summary_json)
     if summary.frames == 0:
         raise InputError(opts.labels or "", "no label maps (*.png) found")
+    click.echo(summary.line(where), err=True)
     if summary.failed:
         raise click.exceptions.Exit(1)

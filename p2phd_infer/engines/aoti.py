@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import zipfile
@@ -13,6 +14,25 @@ from ..errors import EngineError
 from .base import METADATA_KEY, Engine, info_from_json, resolve_device
 
 INT_INPUTS = ("label", "inst", "style_inst")
+
+
+class _NoCudaRuntimeLine(logging.Filter):
+    """torch.utils.cpp_extension warns "No CUDA runtime is found" when it finds a CUDA toolkit
+    (nvcc) on a machine without a GPU, the moment AOTInductor imports it. A CPU package needs no
+    CUDA runtime, so the line only alarms; a CUDA package on such a machine gets its own error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
+def quiet_cuda_toolkit_warning() -> None:
+    """Drop that one line (export --format aoti and the AOTI engine call this); idempotent."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeLine) for f in log.filters):
+        log.addFilter(_NoCudaRuntimeLine())
+
+
+quiet_cuda_toolkit_warning()
 
 
 def read_package_metadata(path: Path) -> dict[str, str] | None:

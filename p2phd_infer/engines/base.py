@@ -272,7 +272,9 @@ class Engine:
         B, _, H, W = label.shape
         if self.info.size is not None and (H, W) != tuple(self.info.size):
             raise EngineError(self.name, f"this engine was built for {self.info.size[1]}x"
-                                         f"{self.info.size[0]}, the input is {W}x{H}")
+                                         f"{self.info.size[0]}, the input is {W}x{H} (export "
+                                         f"it with --height {H} --width {W}, or --dynamic-size "
+                                         f"for onnx/tensorrt)")
         if self.info.max_batch is not None and B > self.info.max_batch:
             raise EngineError(self.name, f"batch {B} exceeds this engine's max batch "
                                          f"{self.info.max_batch}")

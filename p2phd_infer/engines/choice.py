@@ -50,9 +50,12 @@ def describe_engine(engine: Engine) -> str:
     if info.backend == "openvino":
         what = f"OpenVINO {str(extra.get('openvino', '')).split('-')[0]} CPU {info.precision}"
         if extra.get("source") == "pt":
-            what += " (model.pt converted once per frame size, cached)"
+            name = getattr(getattr(engine, "path", None), "name", None) or "model.pt"
+            what += f" ({name} converted once per frame size, cached)"
     elif info.backend == "torch":
         what = f"PyTorch {engine.device} {info.precision} {extra.get('mode') or ''}".rstrip()
+        if extra.get("compile"):
+            what += f" through torch.compile ({extra['compile']})"
     else:
         what = f"{info.backend} {engine.device} {info.precision}"
     why = extra.get("chosen_because")
