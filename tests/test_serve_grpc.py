@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -467,7 +468,8 @@ def test_repository_and_api_key_over_grpc(work, tmp_path):
     log = tmp_path / "serve.log"
     with cli_server(["serve", "--model-repository", tmp_path / "models", "--model-control-mode",
                      "explicit", "--load-model", "a", "--device", "cpu", "--mode", "plain",
-                     "--log-level", "warning", "--grpc-port", 0, "--api-key", key], log):
+                     "--max-queue-delay-us", 1_000_000, "--log-level", "info", "--grpc-port", 0,
+                     "--api-key", key], log):
         c = tg.InferenceServerClient(re.search(r"gRPC on (\S+)", log.read_text()).group(1))
         label, inst, ran = frame(work, 0)
         assert c.is_server_live() and c.is_server_ready()          # the probes stay open
@@ -484,6 +486,19 @@ def test_repository_and_api_key_over_grpc(work, tmp_path):
         assert index() == {"a": "READY", "b": "READY"} and c.is_model_ready("b", headers=auth)
         res = c.infer("b", grpc_inputs(label, inst), headers=auth)
         assert np.array_equal(res.as_numpy("image")[0], ran)
+        # A client that gives up (its deadline passes while the frame waits out the 1 s batching
+        # window): the call is cancelled, its frame dropped before the engine, and counted.
+        before = c.get_inference_statistics("b", headers=auth).model_stats[0]
+        e = fault(lambda: c.infer("b", grpc_inputs(label, inst), headers=auth,
+                                  client_timeout=0.2))
+        assert e.status() == "StatusCode.DEADLINE_EXCEEDED"
+        for _ in range(50):
+            after = c.get_inference_statistics("b", headers=auth).model_stats[0]
+            if after.inference_stats.fail.count > before.inference_stats.fail.count:
+                break
+            time.sleep(0.05)
+        assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
+        assert after.execution_count == before.execution_count      # never reached the engine
         c.unload_model("a", headers=auth)
         assert index()["a"] == "UNAVAILABLE"
         e = fault(lambda: c.infer("a", grpc_inputs(label, inst), headers=auth))
@@ -492,3 +507,5 @@ def test_repository_and_api_key_over_grpc(work, tmp_path):
         assert e.status() == "StatusCode.NOT_FOUND"
         e = fault(lambda: c.load_model("b", config='{"max_batch_size": 2}', headers=auth))
         assert e.status() == "StatusCode.INVALID_ARGUMENT" and "config" in e.message()
+    text = log.read_text()
+    assert "cancelled" in text and "Traceback" not in text, text

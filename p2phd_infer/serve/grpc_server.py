@@ -127,14 +127,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.shm = dp.shared_memory
         self._frames_done = frames_done or (lambda n: None)
 
-    async def _fail(self, context, e: BaseException, counted: bool):
+    async def _fail(self, context, e: BaseException):
         f = fault_of(e)
         if f.kind == "internal":
             log.error("internal error on gRPC %s", type(e).__name__, exc_info=e)
         elif f.kind == "engine":
             log.error("engine fault: %s", e, exc_info=getattr(e, "error", None))
-        if not counted:
-            self.dp.failure(f.kind)
+        self.dp.failure(f.kind)
         await context.abort(getattr(grpc.StatusCode, f.grpc), f.message)
 
     async def _call(self, context, fn, *args, blocking: bool = False):
@@ -143,7 +142,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 return await asyncio.to_thread(fn, *args)
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - every fault answers this call, a bug too
-            await self._fail(context, e, counted=False)
+            await self._fail(context, e)
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -180,14 +179,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ inference
 
-    async def _infer(self, request: pb.ModelInferRequest, state: dict, disconnected=None):
-        """One infer request -> its response message; raises the project's errors.
-        state["counted"] turns True once the dataplane has the request (it counts the faults
-        from there on)."""
+    async def _infer(self, request: pb.ModelInferRequest, disconnected=None):
+        """One infer request -> its response message; raises the project's errors."""
         version = request.model_version or None
         limit = self.dp.element_limit(request.model_name, version)
         req = await asyncio.to_thread(decode_infer, request, self.shm, limit)
-        state["counted"] = True
         result = await self.dp.infer(request.model_name, version, req,
                                      disconnected=disconnected)
         if result.outputs:
@@ -201,11 +197,23 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         async def disconnected():
             await gone.wait()
 
-        state = {"counted": False}
+        # The call runs in a task of its own: when the client cancels or its deadline passes,
+        # grpc.aio cancels this handler; the dataplane then sees the client gone (`gone`), drops
+        # the frames the engine has not taken and counts the request as cancelled.
+        task = asyncio.ensure_future(self._infer(request, disconnected))
         try:
-            return await self._infer(request, state, disconnected)
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            gone.set()
+            try:
+                await task
+            except Exception as e:  # noqa: BLE001 - Cancelled, or whatever ended it first
+                f = fault_of(e)
+                self.dp.failure(f.kind)
+                log.info("cancelled: gRPC ModelInfer %s: %s", request.model_name, f.message)
+            raise
         except Exception as e:  # noqa: BLE001 - every fault answers this call, a bug too
-            await self._fail(context, e, state["counted"])
+            await self._fail(context, e)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Each request of the stream answered as soon as it is done (several in flight at
@@ -215,16 +223,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         pending: set = set()
 
         async def one(req):
-            state = {"counted": False}
             try:
                 answers.put_nowait(pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(req, state)))
+                    infer_response=await self._infer(req)))
             except Exception as e:  # noqa: BLE001 - the fault answers this request only
                 f = fault_of(e)
                 if f.kind == "internal":
                     log.error("internal error on gRPC stream", exc_info=e)
-                if not state["counted"]:
-                    self.dp.failure(f.kind)
+                self.dp.failure(f.kind)
                 answers.put_nowait(pb.ModelStreamInferResponse(
                     error_message=f.message,
                     infer_response=pb.ModelInferResponse(model_name=req.model_name,
