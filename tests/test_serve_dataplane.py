@@ -49,7 +49,7 @@ def direct(engine, label: np.ndarray) -> np.ndarray:
 
 
 def test_infer_from_python_objects_gives_the_engines_pixels_and_counts_them(engine):
-    dp = plane(engine, max_batch_size=2, max_delay_us=20_000)
+    dp = plane(engine, max_batch_size=2, max_queue_delay_us=20_000)
     try:
         label = np.random.default_rng(1).integers(0, 8, (2, 32, 32))
         for raw in (True, False):
@@ -79,7 +79,7 @@ def test_infer_from_python_objects_gives_the_engines_pixels_and_counts_them(engi
 
 
 def test_a_client_gone_before_the_batch_is_due_never_reaches_the_engine(engine):
-    dp = plane(engine, max_batch_size=8, max_delay_us=2_000_000)
+    dp = plane(engine, max_batch_size=8, max_queue_delay_us=2_000_000)
     try:
         async def gone():
             await asyncio.sleep(0.05)

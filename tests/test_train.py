@@ -62,6 +62,8 @@ def test_global_stage_writes_a_loadable_model(global_run):
     ckpt = load_checkpoint(path)
     assert ckpt.config.netG == "global" and ckpt.config.feat_num == 2
     assert ckpt.encoder is not None
+    # scale_width to 32 of the 64x32 scenes: the training frames are 32x16, export's default.
+    assert ckpt.extra["train_info"]["frame_size"] == [16, 32]
     rows = _log(ck / "g")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     for r in rows:

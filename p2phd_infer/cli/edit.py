@@ -53,7 +53,7 @@ def edit_cmd(**options):
     from ..engines import open_engine
     eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode,
                       calibration=o.calibration)
-    app = create_app(eng, max_batch_size=o.max_batch_size, max_delay_us=EDITOR_DELAY_US,
+    app = create_app(eng, max_batch_size=o.max_batch_size, max_queue_delay_us=EDITOR_DELAY_US,
                      max_pixels=max_pixels, editor=True, samples=samples,
                      editor_label_map=label_map and label_map.for_model(eng.config.label_nc),
                      access=AccessPolicy.for_bind(o.host))

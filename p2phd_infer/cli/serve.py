@@ -59,7 +59,7 @@ def serve_cmd(**options):
         eng = open_engine(o.engine, o.device, precision=o.precision, mode=o.mode,
                           calibration=o.calibration)
         app = create_app(eng, model_name=o.model_name, max_batch_size=o.max_batch_size,
-                         max_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
+                         max_queue_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
                          style_cache=o.style_cache, derive_instances=o.instances == "auto",
                          label_map=label_map and label_map.for_model(eng.config.label_nc),
                          **limits)
@@ -68,7 +68,7 @@ def serve_cmd(**options):
         # One label map for every model of the repository: its targets are checked per frame
         # against the model that serves it (ids.check_maps).
         settings = ModelSettings(max_batch_size=o.max_batch_size,
-                                 max_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
+                                 max_queue_delay_us=o.max_queue_delay_us, max_queue=o.max_queue,
                                  style_cache=o.style_cache,
                                  derive_instances=o.instances == "auto", label_map=label_map)
         repo = Repository(model_repository,

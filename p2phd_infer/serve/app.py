@@ -51,7 +51,7 @@ RETRY_AFTER_S = "1"
 
 
 def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
-               max_batch_size: int = 1, max_delay_us: int = 0, max_queue: int = 64,
+               max_batch_size: int = 1, max_queue_delay_us: int = 0, max_queue: int = 64,
                max_body_bytes: int = 64 << 20, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                style_cache: int = 4, jpeg_quality: int = 95, decode_workers: int | None = None,
                editor: bool = False, samples: list | None = None,
@@ -69,9 +69,9 @@ def create_app(engine: Engine | None = None, *, model_name: str = "p2phd",
     if dataplane is None:
         if engine is None:
             raise OptionError("engine", "create_app needs an engine or a dataplane")
-        settings = ModelSettings(max_batch_size=max_batch_size, max_delay_us=max_delay_us,
-                                 max_queue=max_queue, style_cache=style_cache,
-                                 decode_workers=decode_workers,
+        settings = ModelSettings(max_batch_size=max_batch_size,
+                                 max_queue_delay_us=max_queue_delay_us, max_queue=max_queue,
+                                 style_cache=style_cache, decode_workers=decode_workers,
                                  derive_instances=derive_instances, label_map=label_map)
         dataplane = DataPlane([ServedModel(model_name, DEFAULT_VERSION, engine, settings,
                                            max_pixels=max_pixels,

@@ -135,7 +135,7 @@ REASON_OF = {"queue_full": "REJECTED", "closed": "REJECTED", "cancelled": "CANCE
 class ModelSettings:
     """Batching and admission of one model version (per model in a repository)."""
     max_batch_size: int = 1
-    max_delay_us: int = 0
+    max_queue_delay_us: int = 0
     max_queue: int = 64
     style_cache: int = 4
     decode_workers: int | None = None
@@ -168,7 +168,7 @@ class ServedModel:
     def start(self) -> None:
         s = self.settings
         self.pool = RuntimePool(self.engine, max_batch_size=self.max_batch_size,
-                                max_delay_us=s.max_delay_us, max_queue=s.max_queue,
+                                max_queue_delay_us=s.max_queue_delay_us, max_queue=s.max_queue,
                                 max_pixels=self.max_pixels, style_cache=s.style_cache,
                                 decode_workers=s.decode_workers,
                                 derive_instances=s.derive_instances, label_map=s.label_map)
@@ -239,7 +239,7 @@ class ServedModel:
                         "label_filename": "", "is_shape_tensor": False}],
             "dynamic_batching": {
                 "preferred_batch_size": [self.max_batch_size],
-                "max_queue_delay_microseconds": self.settings.max_delay_us,
+                "max_queue_delay_microseconds": self.settings.max_queue_delay_us,
                 "preserve_ordering": True,
                 "default_queue_policy": {"max_queue_size": self.settings.max_queue,
                                          "timeout_action": "REJECT"},

@@ -66,7 +66,7 @@ class RuntimePool:
     Futures; a dispatched frame's Future carries `timing` (runtime.FrameTiming) when it resolves,
     which the dataplane's statistics read."""
 
-    def __init__(self, engine: Engine, *, max_batch_size: int = 1, max_delay_us: int = 0,
+    def __init__(self, engine: Engine, *, max_batch_size: int = 1, max_queue_delay_us: int = 0,
                  max_queue: int = 64, max_pixels: int | None = None, style_cache: int = 4,
                  decode_workers: int | None = None, derive_instances: bool = False,
                  label_map=None):
@@ -78,7 +78,7 @@ class RuntimePool:
         # The feature-map path's step (no style: the request brings its feature map).
         self.step = SynthesisStep(self.shared)
         self.max_batch_size = min(max_batch_size, engine.info.max_batch or max_batch_size)
-        self.max_delay_us = max_delay_us
+        self.max_queue_delay_us = max_queue_delay_us
         self.max_queue = max_queue
         self.max_pixels = max_pixels
         self.style_cache = style_cache
@@ -152,7 +152,7 @@ class RuntimePool:
             return rt
         style = make_style(self.engine, *key) if key is not None else None
         rt = Runtime(self.shared, style=style, max_batch_size=self.max_batch_size,
-                     max_queue_delay_us=self.max_delay_us, max_queue_size=self.max_queue,
+                     max_queue_delay_us=self.max_queue_delay_us, max_queue_size=self.max_queue,
                      block_when_full=False, decode_workers=self.decode_workers,
                      encode_workers=1, max_pixels=self.max_pixels,
                      derive_instances=self.derive_instances, label_map=self.label_map)

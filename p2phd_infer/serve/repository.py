@@ -91,9 +91,9 @@ class Repository:
         batching = cfg.get("dynamic_batching")
         if isinstance(batching, dict):
             if "max_queue_delay_microseconds" in batching:
-                s = replace(s, max_delay_us=_positive(batching["max_queue_delay_microseconds"],
-                                                      path, "max_queue_delay_microseconds",
-                                                      MAX_DELAY_US, low=0))
+                delay = _positive(batching["max_queue_delay_microseconds"], path,
+                                  "max_queue_delay_microseconds", MAX_DELAY_US, low=0)
+                s = replace(s, max_queue_delay_us=delay)
             policy = batching.get("default_queue_policy")
             if isinstance(policy, dict) and "max_queue_size" in policy:
                 s = replace(s, max_queue=_positive(policy["max_queue_size"], path,
