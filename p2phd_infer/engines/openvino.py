@@ -48,6 +48,24 @@ def read_metadata(model, path: Path) -> str:
                             "`p2phd-infer export --format openvino` or `--format onnx`)")
 
 
+def conv_shapes(model, info: EngineInfo, dims) -> list[list[int]]:
+    """The graph's convolution weight shapes, for check_graph. A table-lookup first layer
+    (openvino_convert.LookupFirstLayer) counts as the convolution it replaces, with the class
+    count read off its table (49 taps x (classes + 1) x (1 + edge) rows), and without the
+    feature-only convolution beside it."""
+    shapes = [dims(op.input(1)) for op in model.get_ops()
+              if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")]
+    cfg = info.config
+    for op in model.get_ops():
+        if op.get_type_name().startswith("EmbeddingBag"):
+            rows, out = dims(op.input(0))
+            classes = rows // 49 // (1 + int(cfg.use_instance)) - 1
+            if cfg.feat_num > 0 and [out, cfg.feat_num, 7, 7] in shapes:
+                shapes.remove([out, cfg.feat_num, 7, 7])
+            shapes.append([out, classes + int(cfg.use_instance) + cfg.feat_num, 7, 7])
+    return shapes
+
+
 class OpenvinoEngine(Engine):
     """An `.onnx` or `.xml` engine file on the OpenVINO CPU plugin (see the module doc).
 
@@ -81,9 +99,7 @@ class OpenvinoEngine(Engine):
         info = info_from_json(read_metadata(model, self.path), self.path)
         dims = lambda port: [d.get_length() if d.is_static else None  # noqa: E731
                              for d in port.get_partial_shape()]
-        check_graph(self.path, info, [dims(op.input(1)) for op in model.get_ops() if
-                                      op.get_type_name() in ("Convolution",
-                                                             "ConvolutionBackpropData")],
+        check_graph(self.path, info, conv_shapes(model, info, dims),
                     {port.get_any_name(): dims(port) for port in model.inputs})
         self.input_names = [p.get_any_name() for p in model.inputs]
         if "label" not in self.input_names or len(model.outputs) != 1:
@@ -256,11 +272,13 @@ class OpenvinoModelEngine(Engine):
 def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str = "fp32",
                   streams: int | None = None, root: Path | None = None,
                   log: Callable[[str], None] | None = None,
-                  checkpoint=None, calibration=None) -> OpenvinoModelEngine:
+                  checkpoint=None, calibration=None,
+                  lookup: bool = False) -> OpenvinoModelEngine:
     """model.pt on OpenVINO's CPU plugin, converted per frame size on first use and cached.
     `checkpoint`: the file already loaded (it is then not read again). precision int8:
     quantized by NNCF on `calibration` (a folder of label maps; None: the bundled samples),
-    cached per weights, size and calibration set (openvino_int8.py)."""
+    cached per weights, size and calibration set (openvino_int8.py). lookup: the
+    full-resolution first layer as a table lookup (openvino_convert.LookupFirstLayer; fp32)."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():                 # worded as open_engine words it
         raise EngineError(ckpt_path, "no such engine file" if not ckpt_path.exists()
@@ -276,11 +294,14 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
         files = calibration_files(calibration)       # an empty folder fails now, in one line
         variant = f"calibration {calibration_digest(files)}"
     else:
-        files, variant = None, ""
+        files, variant = None, "lookup" if lookup else ""
+    if lookup and precision == "int8":
+        raise OptionError("--precision", "int8 keeps the first layers as convolutions (in f32); "
+                                         "the lookup first layer is an fp32/bf16 graph")
 
     def make(height: int, width: int):
         if precision != "int8":
-            return convert_checkpoint(ckpt, height, width)
+            return convert_checkpoint(ckpt, height, width, lookup=lookup)
         # Quantized from the fp32 entry (converted now if absent): one conversion serves both.
         from .openvino_int8 import calibration_frames, quantize
         f32 = cached_ir(ckpt_path, height, width, "fp32", root=root, log=log,

@@ -86,17 +86,20 @@ def convert_module(module: nn.Module, names: list[str], info: EngineInfo):
     return model
 
 
-def convert_checkpoint(ckpt, height: int, width: int):
-    """A Checkpoint's generator graph -> ov.Model at one frame size."""
+def convert_checkpoint(ckpt, height: int, width: int, lookup: bool = False):
+    """A Checkpoint's generator graph -> ov.Model at one frame size; lookup: its full-resolution
+    first layer as a table lookup (LookupSynthesizer)."""
     from ..synthesizer import Synthesizer
     cfg = ckpt.config
     m = cfg.stride
     if height < cfg.min_size or width < cfg.min_size or height % m or width % m:
         raise OptionError("--height/--width", f"size {width}x{height}: width and height must be "
                                               f"multiples of {m}, at least {cfg.min_size}")
-    module = GeneratorInputs(Synthesizer(cfg, ckpt.build_generator()))
+    synth = Synthesizer(cfg, ckpt.build_generator())
+    module = GeneratorInputs(LookupSynthesizer(synth) if lookup else synth)
     info = EngineInfo(cfg, ckpt.features, ckpt.label_names, size=(height, width),
-                      precision="fp32", graph="generator", backend="openvino")
+                      precision="fp32", graph="generator", backend="openvino",
+                      extra=dict(lookup_first_layer=True) if lookup else {})
     return convert_module(module, module.input_names, info)
 
 
@@ -126,3 +129,95 @@ def save_ir(model, out: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+# --- table-lookup first layer ---------------------------------------------------------------
+
+
+def _reflect3(t: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] -> [..., H+6, W+6], reflected as ReflectionPad2d(3), by indexing (any dtype,
+    so integer codes pad too)."""
+    def index(n):
+        i = torch.arange(-3, n + 3)
+        return torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
+    H, W = t.shape[-2:]
+    return t.index_select(-2, index(H)).index_select(-1, index(W))
+
+
+class LookupFirstLayer(nn.Module):
+    """ReflectionPad2d(3) + Conv2d(7) on [one-hot(label_nc), edge, feat] as a table lookup: at
+    every tap exactly one one-hot channel is 1 and the edge is 0 or 1, so the channel sum is one
+    row of T[tap, code] = W[:, class, tap] + edge * W[:, edge, tap], code = 2*class + edge
+    (kernels/label_conv.py builds T), and the 49 taps are one EmbeddingBag sum per pixel. The
+    feature channels, not one-hot, keep their (3-channel) convolution. Exact: the same products
+    summed in another order."""
+
+    def __init__(self, conv: nn.Conv2d, cfg):
+        super().__init__()
+        from ..kernels.label_conv import TAPS, build_table
+        self.label_nc, self.use_instance = cfg.label_nc, cfg.use_instance
+        out = conv.out_channels
+        table = build_table(conv.weight, cfg.label_nc, cfg.use_instance)[:, :, :out]
+        self.ncode = table.shape[1]
+        self.register_buffer("table", table.reshape(TAPS * self.ncode, out).contiguous())
+        self.register_buffer("offsets", torch.arange(TAPS, dtype=torch.int32) * self.ncode)
+        bias = conv.bias if conv.bias is not None else torch.zeros(out)
+        self.register_buffer("bias", bias.detach().clone().view(1, out, 1, 1))
+        first_feat = cfg.label_nc + int(cfg.use_instance)
+        self.register_buffer("feat_weight", conv.weight.detach()[:, first_feat:].clone())
+
+    def forward(self, label: torch.Tensor, inst: torch.Tensor,
+                feat: torch.Tensor | None = None) -> torch.Tensor:
+        from ..labels import edge_map
+        B, _, H, W = label.shape
+        code = torch.where((label >= 0) & (label < self.label_nc), label,
+                           torch.full_like(label, self.label_nc))
+        if self.use_instance:
+            code = code * 2 + edge_map(inst).to(code.dtype)
+        padded = _reflect3(code)[:, 0]                                 # [B, H+6, W+6]
+        taps = torch.stack([padded[:, dy:dy + H, dx:dx + W] for dy in range(7)
+                            for dx in range(7)], dim=-1) + self.offsets  # [B, H, W, 49]
+        rows = nn.functional.embedding_bag(taps.reshape(-1, taps.shape[-1]).long(), self.table,
+                                           mode="sum")                  # [B*H*W, O]
+        out = rows.reshape(B, H, W, -1).permute(0, 3, 1, 2) + self.bias
+        if self.feat_weight.shape[1] > 0 and feat is not None:
+            out = out + nn.functional.conv2d(_reflect3(feat), self.feat_weight)
+        return out
+
+
+class LookupSynthesizer(nn.Module):
+    """The Synthesizer with its full-resolution first layer (the last local enhancer's front, or
+    G1 of a global model) as a LookupFirstLayer; every other layer is the generator's own."""
+
+    def __init__(self, synth: nn.Module):
+        super().__init__()
+        from ..networks import LocalEnhancer
+        self.synth = synth
+        self.cfg = synth.cfg
+        gen = synth.generator
+        self.local = isinstance(gen, LocalEnhancer)
+        seq = getattr(gen, f"model{gen.n_local_enhancers}_1") if self.local else gen.model
+        self.first = LookupFirstLayer(seq[1], self.cfg)
+        self.rest = seq[2:]
+
+    def forward(self, label: torch.Tensor, inst: torch.Tensor,
+                feat: torch.Tensor | None = None) -> torch.Tensor:
+        from ..labels import encode_labels
+        from ..networks import downsample_2x
+        cfg, gen = self.cfg, self.synth.generator
+        if cfg.feat_num > 0 and feat is None:
+            feat = torch.zeros(label.shape[0], cfg.feat_num, *label.shape[-2:])
+        first = self.rest(self.first(label, inst, feat))
+        if not self.local:
+            return first
+        x = encode_labels(label, inst, cfg.label_nc, cfg.use_instance,
+                          feat if cfg.feat_num > 0 else None)
+        N = gen.n_local_enhancers
+        pyramid = [x]
+        for _ in range(N):
+            pyramid.append(downsample_2x(pyramid[-1]))
+        out = gen.model(pyramid[-1])
+        for n in range(1, N + 1):
+            front = first if n == N else getattr(gen, f"model{n}_1")(pyramid[N - n])
+            out = getattr(gen, f"model{n}_2")(front + out)
+        return out
