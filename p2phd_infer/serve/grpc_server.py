@@ -281,13 +281,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ shared memory
 
-    async def SystemSharedMemoryStatus(self, request, context):
-        regions = await self._call(context, self.shm.status, "system", request.name)
-        out = pb.SystemSharedMemoryStatusResponse()
+    async def _regions(self, context, kind: str, name: str, response_type):
+        regions = await self._call(context, self.shm.status, kind, name)
+        out = response_type()
         for r in regions:
-            out.regions[r["name"]].CopyFrom(
-                pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
+            out.regions[r["name"]].CopyFrom(response_type.RegionStatus(**r))
         return out
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        return await self._regions(context, "system", request.name,
+                                   pb.SystemSharedMemoryStatusResponse)
 
     async def SystemSharedMemoryRegister(self, request, context):
         await self._call(context, self.shm.register_system, request.name, request.key,
@@ -299,11 +302,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request, context):
-        regions = await self._call(context, self.shm.status, "cuda", request.name)
-        out = pb.CudaSharedMemoryStatusResponse()
-        for r in regions:
-            out.regions[r["name"]].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(**r))
-        return out
+        return await self._regions(context, "cuda", request.name,
+                                   pb.CudaSharedMemoryStatusResponse)
 
     async def CudaSharedMemoryRegister(self, request, context):
         await self._call(context, self.shm.register_cuda, request.name, request.raw_handle,

@@ -158,28 +158,25 @@ class SharedMemory:
         """Unregister the `kind` region `name`, or every `kind` region when name is empty (as
         Triton does). NotFound for a name that is not registered."""
         with self._lock:
-            if name:
-                region = self._regions.get(name)
-                if region is None or region.kind != kind:
-                    raise NotFound(name, f"no {kind} shared memory region of this name is "
-                                         f"registered")
-                gone = [self._regions.pop(name)]
-            else:
-                gone = [r for r in self._regions.values() if r.kind == kind]
-                for r in gone:
-                    del self._regions[r.name]
+            gone = self._named(kind, name)
+            for r in gone:
+                del self._regions[r.name]
         for r in gone:
             self._release(r)
 
     def status(self, kind: str, name: str = "") -> list[dict]:
         with self._lock:
-            if name:
-                region = self._regions.get(name)
-                if region is None or region.kind != kind:
-                    raise NotFound(name, f"no {kind} shared memory region of this name is "
-                                         f"registered")
-                return [region.status()]
-            return [r.status() for r in self._regions.values() if r.kind == kind]
+            return [r.status() for r in self._named(kind, name)]
+
+    def _named(self, kind: str, name: str) -> list[_Region]:
+        """The `kind` region `name` (NotFound if there is none), or every `kind` region when
+        name is empty. Call with the lock held."""
+        if not name:
+            return [r for r in self._regions.values() if r.kind == kind]
+        region = self._regions.get(name)
+        if region is None or region.kind != kind:
+            raise NotFound(name, f"no {kind} shared memory region of this name is registered")
+        return [region]
 
     def close(self) -> None:
         with self._lock:
