@@ -145,6 +145,10 @@ def test_usage_errors_use_the_projects_error_line():
         r = invoke(*args)
         assert r.exit_code == 2 and r.output.startswith("error: "), (args, r.output)
         assert "Usage:" not in r.output and "Error:" not in r.output
+    # train also runs on its own (python -m p2phd_infer.train, which torchrun launches)
+    from p2phd_infer.cli.train import train_cmd
+    r = CliRunner().invoke(train_cmd, ["--dataroot", "x", "--batch-size", "0"])
+    assert r.exit_code == 2 and r.output.startswith("error: --batch-size: "), r.output
 
 
 @pytest.mark.parametrize("old, new, value, field", [

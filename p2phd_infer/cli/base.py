@@ -24,6 +24,17 @@ def usage_error(e: "click.UsageError") -> str:
     return message[:1].lower() + message[1:] + where
 
 
+class Command(click.Command):
+    """A command that also runs outside the `p2phd-infer` group (`python -m p2phd_infer.train`)
+    and still reports click's usage errors as the project's one `error:` line."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise fail(usage_error(e)) from None
+
+
 def engine_options(command):
     """--engine, --device, --precision and --mode: how every command that synthesizes (run,
     serve, edit, evaluate) chooses and opens its engine, declared once (plan.EngineOptions)."""

@@ -7,7 +7,7 @@ import click
 from click.core import ParameterSource
 
 from ..errors import Error
-from .base import fail
+from .base import Command, fail
 from .options import click_options
 
 
@@ -18,7 +18,7 @@ def _train_options(command):
     return click_options(TrainOptions)(command)
 
 
-@click.command("train")
+@click.command("train", cls=Command)
 @_train_options
 @click.pass_context
 def train_cmd(ctx, **kw):
