@@ -485,9 +485,11 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--frames", default=32, show_default=True, help="Frames timed per row.")
 @click.option("--warmup", default=3, show_default=True, help="Untimed calls before each row.")
 @click.option("--formats", default="jpg,png", show_default=True, help="End-to-end outputs.")
-@click.option("--quality", default=95, show_default=True)
+@click.option("--jpeg-quality", "quality", default=95, show_default=True,
+              help="JPEG quality of the jpg rows (run --jpeg-quality).")
 @click.option("--workers", type=int, default=None, help="Runtime decode/encode threads each.")
-@click.option("--max-delay-us", default=2000, show_default=True)
+@click.option("--max-queue-delay-us", "max_delay_us", default=2000, show_default=True,
+              help="The Runtime's batching delay (run --max-queue-delay-us).")
 @click.option("--out-dir", default="benchmarks/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--work-dir", type=click.Path(file_okay=False),
