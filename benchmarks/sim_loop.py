@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from p2phd_infer.api import Pix2PixHD
+from p2phd_infer.engines import describe_engine
 from p2phd_infer.labels import CITYSCAPES_THINGS
 from p2phd_infer.sim import instances_from_labels
 from p2phd_infer.train.scenes import ROAD, render_scene
@@ -157,13 +158,14 @@ def main(engine, size, frames, batch, delay_us, device, quick, full_size_check, 
                      "frames_per_s": fps,
                      "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)})
     extra = {"derive_instances_ms": derive_ms, "size": f"{w}x{h}", "frames": frames,
-             "engine": p2p.engine.name, "device": str(p2p.device),
+             "engine": describe_engine(p2p.engine), "device": str(p2p.device),
              "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
     if full_size_check:
         big = moving_scene(2048, 1024, 2)
         t = time.perf_counter()
         big_inst = instances_from_labels(big[1])
         extra["derive_instances_2048x1024_ms"] = (time.perf_counter() - t) * 1000
+        p2p(big[0], instances_from_labels(big[0]))    # a new size: engines may build for it
         t = time.perf_counter()
         p2p(big[1], big_inst)
         extra["engine_2048x1024_ms"] = (time.perf_counter() - t) * 1000
@@ -174,7 +176,7 @@ def main(engine, size, frames, batch, delay_us, device, quick, full_size_check, 
     md += [f"| {r['row']} | {r['batch']} | {r['frames_per_s']:.2f} | {r['p50_ms']:.1f} | "
            f"{r['p99_ms']:.1f} |" for r in rows]
     md.append("")
-    md.append(f"{extra['engine']} on {extra['device']}, {w}x{h}, {frames} frames "
+    md.append(f"{extra['engine']}; {w}x{h}, {frames} frames "
               f"({warmup} warm-up), load average {extra['load_average'][0]:.2f}; derived "
               f"instances {derive_ms:.2f} ms/frame")
     if full_size_check:
