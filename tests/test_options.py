@@ -203,3 +203,18 @@ def test_each_limit_is_defined_once():
                     getattr(node.right, "value", None) == 34:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} 2**34")
     assert not found, found
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--format", "onnx", "--out", "m.onnx", "--precision", "int8"], "--precision"),
+    (["--format", "openvino", "--out", "m.xml", "--calibration", "d"], "--calibration"),
+    (["--format", "onnx", "--out", "m.xml"], "m.xml"),
+    (["--format", "aoti", "--out", "m.pt2", "--dynamic-size"], "--dynamic-size"),
+    (["--format", "onnx", "--out", "m.onnx", "--min-size", "64x64"], "--min-size"),
+    (["--format", "onnx", "--out", "m.onnx", "--dynamic-size", "--min-size", "64"], "--min-size"),
+    (["--format", "onnx", "--out", "m.onnx", "--width", "64"], "--height/--width"),
+])
+def test_export_options_are_checked_before_the_model_is_read(tmp_path, args, flag):
+    """The model path does not exist: every fault here is found before it is opened."""
+    r = invoke("export", "--engine", tmp_path / "missing.pt", *args)
+    assert r.exit_code == 2 and r.output.startswith(f"error: {flag}: "), r.output
