@@ -308,6 +308,7 @@ def test_evaluate_command_writes_the_report(dataset, scripted, inception_file):
         "--against", str(dataset / "fake"), "--temporal", "--out", str(out),
         "--markdown", str(md), "--quiet"])
     assert r.exit_code == 0, r.output
+    assert torch.is_grad_enabled()      # autograd is off inside evaluate only, not in its caller
     rep = json.loads(out.read_text())
     seg = rep["segmentation"]["rows"]
     assert seg["synthesized"]["mean_iou"] == 1 and seg["real (upper bound)"]["mean_iou"] == 1

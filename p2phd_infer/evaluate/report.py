@@ -129,7 +129,13 @@ def _reader(path: Path):
 def evaluate(opts: EvalOptions) -> dict:
     """The report. Every input fault is an InputError/OptionError naming the file or flag."""
     import torch
-    torch.set_grad_enabled(False)
+    # A context, not set_grad_enabled(False): the caller's process (a notebook, a test session,
+    # a trainer) keeps autograd on afterwards.
+    with torch.no_grad():
+        return _evaluate(opts)
+
+
+def _evaluate(opts: EvalOptions) -> dict:
     fakes = images_in(opts.fake, "--fake")
     reals = images_in(opts.real, "--real") if opts.real else None
     labels = _labels(opts) if opts.labels else None
