@@ -16,6 +16,10 @@ from p2phd_infer.networks import build_encoder, build_generator
 from p2phd_infer.official import import_official, infer_generator_config
 
 TINY = dict(ngf=4, n_downsample_global=2, n_blocks_global=1, n_blocks_local=1)
+# What `run` does with the frames is the point here, not which engine runs a model.pt: PyTorch,
+# not the CPU default's OpenVINO conversion (seconds a run; tests/test_engine_choice.py and
+# tests/test_engine_openvino.py test that).
+TORCH = ("--backend", "torch")
 
 
 def official_state(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -23,7 +27,9 @@ def official_state(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         net = build_generator(cfg)
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in net.state_dict().items()}
+    # normal_ in place: one pass over 183 M floats, no temporary (randn * 0.05 makes two)
+    return {k: torch.empty(v.shape).normal_(0, 0.05, generator=g)
+            for k, v in net.state_dict().items()}
 
 
 def write_pair(root, name, label, inst=None, label_dir="test_label", inst_dir="test_inst"):
@@ -242,7 +248,8 @@ def test_run_batch_sizes_give_identical_images(tmp_path, tiny_model):
     outs = {}
     for bs in (1, 3):
         code, out = run_cli(["run", tmp_path / "d" / "test_label", "--engine", tiny_model,
-                             "--out", tmp_path / f"o{bs}", "--batch-size", bs, "--device", "cpu"])
+                             "--out", tmp_path / f"o{bs}", "--batch-size", bs, "--device", "cpu",
+                             *TORCH])
         assert code == 0, out
         outs[bs] = [np.asarray(Image.open(tmp_path / f"o{bs}" / f"f{i}.png")) for i in range(5)]
     for a, b in zip(outs[1], outs[3]):
@@ -258,14 +265,15 @@ def test_run_pairs_cityscapes_names_and_instances_folder(tmp_path, tiny_model):
     Image.fromarray(label.astype(np.uint8)).save(city / "aachen_000000_000019_gtFine_labelIds.png")
     Image.fromarray(inst.astype(np.uint16)).save(city / "aachen_000000_000019_gtFine_instanceIds.png")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(city / "aachen_000000_000019_gtFine_color.png")
-    code, out = run_cli(["run", tmp_path / "gtFine", "--engine", tiny_model, "--out", tmp_path / "o"])
+    code, out = run_cli(["run", tmp_path / "gtFine", "--engine", tiny_model, "--out", tmp_path / "o",
+                         *TORCH])
     assert code == 0, out
     written = sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.png"))
     assert written == ["val/aachen/aachen_000000_000019_gtFine_labelIds.png"]
     # --instances: same file names in another folder.
     write_pair(tmp_path / "p", "x", label, inst, label_dir="labels", inst_dir="insts")
     code, out = run_cli(["run", tmp_path / "p" / "labels", "--instances", tmp_path / "p" / "insts",
-                         "--engine", tiny_model, "--out", tmp_path / "o2"])
+                         "--engine", tiny_model, "--out", tmp_path / "o2", *TORCH])
     assert code == 0, out
     assert (tmp_path / "o2" / "x.png").is_file()
 
@@ -285,7 +293,7 @@ def test_run_bad_inputs_fail_alone(tmp_path, tiny_model):
     write_pair(d, "outofrange", bad, inst)                           # label 9 >= label_nc 8
     write_pair(d, "noinst", label)                                   # no instance map
     code, out = run_cli(["run", d / "test_label", "--engine", tiny_model, "--out", tmp_path / "o",
-                         "--batch-size", 2])
+                         "--batch-size", 2, *TORCH])
     assert code != 0
     lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(lines) == 5, out
@@ -303,10 +311,11 @@ def test_run_skips_existing_unless_overwrite(tmp_path, tiny_model):
     out_dir = tmp_path / "o"
     out_dir.mkdir()
     (out_dir / "a.png").write_bytes(b"keep me")
-    code, out = run_cli(["run", tmp_path / "d" / "test_label", "--engine", tiny_model, "--out", out_dir])
+    code, out = run_cli(["run", tmp_path / "d" / "test_label", "--engine", tiny_model, "--out", out_dir,
+                         *TORCH])
     assert code == 0 and (out_dir / "a.png").read_bytes() == b"keep me"
     code, out = run_cli(["run", tmp_path / "d" / "test_label", "--engine", tiny_model, "--out", out_dir,
-                         "--overwrite"])
+                         "--overwrite", *TORCH])
     assert code == 0 and np.asarray(Image.open(out_dir / "a.png")).shape == (32, 32, 3)
     assert [p.name for p in out_dir.iterdir()] == ["a.png"]          # no temporary files left
 
