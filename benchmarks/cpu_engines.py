@@ -240,19 +240,26 @@ def demo_quality(log) -> dict[str, float]:
     return {k: psnr(torch.cat(v), ref, peak=255.0) for k, v in images.items() if k != "fp32"}
 
 
-def time_to_first_frame(pt: Path, labels: Path, work: Path, runs: int = 2) -> list[dict]:
+def time_to_first_frame(pt: Path, folder: Path, work: Path, runs: int = 2) -> list[dict]:
     """`p2phd-infer run` in a new process, `runs` times, on a warm cache (the IR and its
-    compiled blob exist): the summary's first_frame_seconds and steady frames/s of each."""
+    compiled blob exist): the summary's first_frame_seconds and steady frames/s of each, or
+    {"error": ...} for a run that failed."""
     import json
     import subprocess
     out = []
     for i in range(runs):
         summary = work / f"ttff{i}.json"
-        subprocess.run([sys.executable, "-m", "p2phd_infer.cli", "run", str(labels), "--engine",
-                        str(pt), "--out", str(work / f"ttff{i}"), "--device", "cpu",
-                        "--no-progress", "--summary-json", str(summary)],
-                       check=True, env=dict(os.environ), capture_output=True)
-        out.append(json.loads(summary.read_text()))
+        done = subprocess.run(
+            [sys.executable, "-c", "from p2phd_infer.cli import main; main()", "run",
+             str(folder / "label"), "--instances", str(folder / "inst"), "--engine", str(pt),
+             "--out", str(work / f"ttff{i}"), "--device", "cpu", "--no-progress",
+             "--summary-json", str(summary)], env=dict(os.environ), capture_output=True,
+            text=True)
+        if done.returncode != 0 or not summary.is_file():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            out.append({"error": f"exit {done.returncode}: {last}"})
+        else:
+            out.append(json.loads(summary.read_text()))
     return out
 
 
@@ -290,7 +297,7 @@ def bench(size, quick, reps, e2e_frames, e2e_reps, out):
               "OpenVINO f32 (the default `run` engine)": flops["total"] / rate["fp32"],
               "OpenVINO f32 + lookup first layer": (flops["total"] - flops["lookup"]) /
               rate["fp32"],
-              "OpenVINO bf16": flops["total"] / peaks.get("bf16", rate["fp32"]),
+              "OpenVINO bf16": flops["total"] / rate.get("bf16", rate["fp32"]),
               "OpenVINO int8 (NNCF, bundled calibration)":
                   flops["kept_float"] / rate["fp32"] +
                   (flops["total"] - flops["kept_float"]) / rate["int8"]}
@@ -350,7 +357,7 @@ def bench(size, quick, reps, e2e_frames, e2e_reps, out):
                                                               f"{i}.png")))
                        for i in range(e2e_frames)]).float()
     e2e_psnr = psnr(got, ref, peak=255.0)
-    ttff = time_to_first_frame(pt, folder / "label", work) if not quick else []
+    ttff = time_to_first_frame(pt, folder, work) if not quick else []
     demo = demo_quality(log)
     load_after = load_average()
 
@@ -389,9 +396,11 @@ def bench(size, quick, reps, e2e_frames, e2e_reps, out):
                      f"{s['median']:.0f} | - | {base_e2e['median'] / s['median']:.2f} | {q} |")
     lines.append("")
     for i, t in enumerate(ttff):
+        what = f"failed ({t['error']})" if "error" in t else \
+            f"{t['first_frame_seconds']:.2f} s after the engine began loading, then " \
+            f"{t['steady_frames_per_second']:.2f} frames/s ({e2e_frames} frames)"
         lines.append(f"- time to first frame, `p2phd-infer run` in a new process on a warm cache "
-                     f"(run {i + 1}): {t['first_frame_seconds']:.2f} s after the engine began "
-                     f"loading, then {t['steady_frames_per_second']:.2f} frames/s")
+                     f"(run {i + 1}): {what}")
     lines.append("- bundled demo model (trained weights), 8-bit PSNR against its fp32 images on "
                  "the bundled samples: " + ", ".join(f"{k} {v:.1f} dB" for k, v in demo.items()))
     lines.append("- FID / mIoU deltas: not run (`p2phd-infer evaluate` needs the FID Inception "
