@@ -149,7 +149,8 @@ def _evaluate(opts: EvalOptions) -> dict:
     engine = label_names = label_nc = None
     if opts.engine is not None or opts.styles:
         from ..engines import open_engine, default_engine_path
-        engine = open_engine(opts.engine, opts.device, precision=opts.precision, mode=opts.mode)
+        engine = open_engine(opts.engine, opts.device, precision=opts.precision, mode=opts.mode,
+                             calibration=opts.calibration)
         label_names = engine.info.label_names
         label_nc = engine.config.label_nc or None
         report["engine"] = str(opts.engine or default_engine_path())
