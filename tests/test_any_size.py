@@ -19,6 +19,7 @@ from helpers import save_random_model
 
 TINY = ModelConfig(label_nc=8, ngf=4, n_downsample_global=2, n_blocks_global=1,
                    n_blocks_local=1)                     # stride 8, minimum 16
+VIDEO_SIZES = [(600, 1000), (1080, 1920)]                # (H, W): 1000x600 and 1920x1080
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,19 @@ def maps(h, w, seed=0):
     label = rng.integers(0, 8, (h // 4 + 1, w // 4 + 1)).repeat(4, 0).repeat(4, 1)[:h, :w]
     inst = np.where(label >= 5, label * 1000 + rng.integers(0, 3, label.shape), label)
     return label.astype(np.uint8), inst.astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def video_frames(model):
+    """maps(H, W, seed=H) at the acceptance sizes and the reference image of each, computed
+    once: `run` (plain PyTorch, the Runtime) and the dynamic ONNX graph are each checked against
+    it, and a 1920x1080 forward pass is the costly part of those tests."""
+    engine = TorchEngine(model, "cpu")
+    out = {}
+    for H, W in VIDEO_SIZES:
+        label, inst = maps(H, W, seed=H)
+        out[H, W] = label, inst, reference(engine, label, inst)
+    return out
 
 
 def reference(engine, label, inst):
@@ -53,10 +67,10 @@ def test_reflect_pad_matches_torch_reflect_on_floats():
         ids.float(), (0, 3, 0, 3), mode="reflect"))                # integer ids pad exactly
 
 
-@pytest.mark.parametrize("size", [(600, 1000), (1080, 1920)])
-def test_run_and_the_runtime_take_any_size(tmp_path, model, size):
+@pytest.mark.parametrize("size", VIDEO_SIZES)
+def test_run_and_the_runtime_take_any_size(tmp_path, model, video_frames, size):
     H, W = size
-    label, inst = maps(H, W, seed=H)
+    label, inst, want = video_frames[size]
     for d, a in (("test_label", label), ("test_inst", inst)):
         (tmp_path / d).mkdir()
         Image.fromarray(a).save(tmp_path / d / "f.png")
@@ -66,7 +80,6 @@ def test_run_and_the_runtime_take_any_size(tmp_path, model, size):
     assert r.exit_code == 0, r.output
     got = np.asarray(Image.open(tmp_path / "o" / "f.png"))
     engine = TorchEngine(model, "cpu")
-    want = reference(engine, label, inst)
     assert got.shape == (H, W, 3)
     assert np.abs(got.astype(int) - want).max() <= 1
     with Runtime(engine) as rt:
@@ -108,7 +121,7 @@ def test_a_frame_at_a_multiple_is_not_padded(model):
     assert calls == [(1, 1, 32, 48)]                         # exactly the input, no padding
 
 
-def test_run_with_a_dynamic_onnx_engine_at_video_sizes(tmp_path, model):
+def test_run_with_a_dynamic_onnx_engine_at_video_sizes(tmp_path, model, video_frames):
     """The acceptance sizes through `run --engine x.onnx`: one dynamic-size graph, 1000x600 and
     1920x1080 frames, each of its input's size and within ±1 level of the network on the padded
     maps (ONNX Runtime and PyTorch add in another order)."""
@@ -116,9 +129,8 @@ def test_run_with_a_dynamic_onnx_engine_at_video_sizes(tmp_path, model):
                                   "--out", str(tmp_path / "d.onnx"), "--height", "32",
                                   "--width", "48", "--dynamic-size", "--no-check"])
     assert r.exit_code == 0, r.output
-    engine = TorchEngine(model, "cpu")
-    for H, W in ((600, 1000), (1080, 1920)):
-        label, inst = maps(H, W, seed=W)
+    for H, W in VIDEO_SIZES:
+        label, inst, want = video_frames[H, W]
         root = tmp_path / f"{W}x{H}"
         for d, a in (("test_label", label), ("test_inst", inst)):
             (root / d).mkdir(parents=True)
@@ -129,4 +141,4 @@ def test_run_with_a_dynamic_onnx_engine_at_video_sizes(tmp_path, model):
         assert r.exit_code == 0, r.output
         got = np.asarray(Image.open(root / "o" / "f.png"))
         assert got.shape == (H, W, 3)
-        assert np.abs(got.astype(int) - reference(engine, label, inst)).max() <= 1
+        assert np.abs(got.astype(int) - want).max() <= 1
