@@ -140,6 +140,37 @@ def test_compiled_blob_is_reused_checked_and_recompiled(tmp_path, cache):
         not any((first.path.parent / openvino_cache.COMPILED).iterdir())
 
 
+def test_second_open_imports_the_blob_without_reading_the_graph(tmp_path, cache, monkeypatch):
+    path = tmp_path / "model.pt"
+    # The weights of the blob test above: same key, its entry and blob are reused.
+    ckpt = checkpoint(seed=9)
+    save_checkpoint(ckpt, path)
+    x = inputs(ckpt, 1, seed=21)
+    want = reference(ckpt, x)
+    first = ovengine.open_openvino(path).engine_for(H, W)
+    out = first(x["label"], x["inst"])
+    checked = first.path.parent / openvino_cache.CHECKED
+    assert checked.is_file() and float((out - want).abs().max()) <= TOL
+    real = ovengine.core()
+
+    class NoGraphReads:
+        def read_model(self, *a, **k):
+            raise AssertionError("the graph was read")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(ovengine, "core", NoGraphReads)
+    second = ovengine.open_openvino(path).engine_for(H, W)
+    assert second.info.extra["loaded_from_cache"] and second.info.size == first.info.size
+    assert torch.equal(second(x["label"], x["inst"]), out)
+    # A garbled record is not trusted: the graph is read and checked again, and recorded anew.
+    monkeypatch.setattr(ovengine, "core", lambda: real)
+    checked.write_text("{not json")
+    third = ovengine.open_openvino(path).engine_for(H, W)
+    assert torch.equal(third(x["label"], x["inst"]), out)
+    assert openvino_cache.checked_graph(first.path) is not None
+
 def test_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_cache, "MAX_ENTRIES", 3)
     for i in range(5):

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import EngineError, OptionError
 from .base import METADATA_KEY, Engine, EngineInfo, check_graph, info_from_json
-from .openvino_cache import cached_ir, compiled_cache
+from .openvino_cache import cached_ir, checked_graph, compiled_cache, record_checked_graph
 from .openvino_convert import INT_INPUTS, convert_checkpoint
 from .openvino_cpu import (OV_PRECISION, check_device, check_precision, core, cpu_cores,
                            import_openvino, openvino_version)
@@ -77,7 +77,7 @@ class OpenvinoEngine(Engine):
 
     def __init__(self, path: str | os.PathLike, device=None, *, precision: str = "fp32",
                  streams: int | None = None, threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, checked: dict | None = None):
         self.path = Path(path)
         self.device = check_device(device)
         check_precision(precision)
@@ -90,21 +90,36 @@ class OpenvinoEngine(Engine):
             raise EngineError(self.path, f"its weights {self.path.with_suffix('.bin').name} are "
                                          f"missing (an IR is the .xml and the .bin beside it)")
         ov = import_openvino()
-        try:
-            model = core().read_model(str(self.path))
-        except Exception as e:  # noqa: BLE001 - any reader fault is a bad file
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise EngineError(self.path, f"not a readable OpenVINO/ONNX model "
-                                         f"({e.__class__.__name__}: {first})") from None
-        info = info_from_json(read_metadata(model, self.path), self.path)
-        dims = lambda port: [d.get_length() if d.is_static else None  # noqa: E731
-                             for d in port.get_partial_shape()]
-        check_graph(self.path, info, conv_shapes(model, info, dims),
-                    {port.get_any_name(): dims(port) for port in model.inputs})
-        self.input_names = [p.get_any_name() for p in model.inputs]
-        if "label" not in self.input_names or len(model.outputs) != 1:
+        # `checked`: what an earlier open of this very file found (self.checked: its metadata
+        # and inputs, for a graph already at batch 1 and its frame size). With a cache_dir the
+        # file is then compiled by its path, so OpenVINO imports the blob without reading the
+        # graph (reading and hashing the graph's weights is most of an open otherwise).
+        fast = checked is not None and cache_dir is not None
+        model = None
+        if fast:
+            metadata = str(checked.get("metadata", ""))
+        else:
+            try:
+                model = core().read_model(str(self.path))
+            except Exception as e:  # noqa: BLE001 - any reader fault is a bad file
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise EngineError(self.path, f"not a readable OpenVINO/ONNX model "
+                                             f"({e.__class__.__name__}: {first})") from None
+            metadata = read_metadata(model, self.path)
+        info = info_from_json(metadata, self.path)
+        if model is not None:
+            dims = lambda port: [d.get_length() if d.is_static else None  # noqa: E731
+                                 for d in port.get_partial_shape()]
+            check_graph(self.path, info, conv_shapes(model, info, dims),
+                        {port.get_any_name(): dims(port) for port in model.inputs})
+            self.input_names = [p.get_any_name() for p in model.inputs]
+            outputs = len(model.outputs)
+        else:
+            self.input_names = [str(n) for n in checked.get("inputs", [])]
+            outputs = 1
+        if "label" not in self.input_names or outputs != 1:
             raise EngineError(self.path, f"not a p2phd-infer graph (inputs {self.input_names}, "
-                                         f"{len(model.outputs)} outputs)")
+                                         f"{outputs} outputs)")
         if info.size is None:
             raise EngineError(self.path, "the metadata names no frame size")
         # An int8 graph carries its precision (its FakeQuantize nodes); a float graph takes the
@@ -116,7 +131,10 @@ class OpenvinoEngine(Engine):
                                                  f"--format openvino --precision int8, or run "
                                                  f"the model.pt")
             precision = "int8"
-        self._reshape_batch1(model, info.size)
+        # An IR already at batch 1 and its size (every cached conversion) is compiled by its
+        # path, so that a later open with `checked` finds the same blob.
+        by_path = fast or (cache_dir is not None and self.path.suffix.lower() == ".xml" and
+                           not self._reshape_batch1(model, info.size))
         self.streams = max(1, int(streams or 1))
         cores = cpu_cores()
         self.threads = max(self.streams, int(threads or cores))
@@ -126,11 +144,16 @@ class OpenvinoEngine(Engine):
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
         try:
-            self.compiled = core().compile_model(model, "CPU", config)
+            self.compiled = core().compile_model(str(self.path) if by_path else model, "CPU",
+                                                 config)
         except Exception as e:  # noqa: BLE001 - an op the plugin cannot run, out of memory
             first = (str(e).strip().splitlines() or [""])[0]
             raise EngineError(self.path, f"OpenVINO could not compile it for the CPU "
                                          f"({e.__class__.__name__}: {first})") from None
+        if fast and ([p.get_any_name() for p in self.compiled.inputs] != self.input_names or
+                     len(self.compiled.outputs) != 1):
+            raise EngineError(self.path, "its compiled graph does not match what was checked")
+        self.checked = dict(metadata=metadata, inputs=self.input_names) if by_path else None
         self._request = self.compiled.create_infer_request()
         self._queue = None                      # made on the first batch of several frames
         self._lock = threading.Lock()
@@ -144,7 +167,8 @@ class OpenvinoEngine(Engine):
                           bool(self.compiled.get_property("LOADED_FROM_CACHE")))
         self.info = info
 
-    def _reshape_batch1(self, model, size: tuple[int, int]) -> None:
+    def _reshape_batch1(self, model, size: tuple[int, int]) -> bool:
+        """Fix the batch at 1 and the frame size; True when that changed the graph."""
         shapes = {}
         for port in model.inputs:
             shape = port.get_partial_shape()
@@ -154,11 +178,16 @@ class OpenvinoEngine(Engine):
                                              f"expected 4")
             dims[2:] = [d if d is not None else s for d, s in zip(dims[2:], size)]
             shapes[port.get_any_name()] = dims
+        if all(port.get_partial_shape().is_static and
+               [d.get_length() for d in port.get_partial_shape()] == shapes[port.get_any_name()]
+               for port in model.inputs):
+            return False
         try:
             model.reshape(shapes)
         except Exception as e:  # noqa: BLE001 - a graph that cannot take batch 1
             raise EngineError(self.path, f"cannot fix the batch at 1 ({e.__class__.__name__}: "
                                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        return True
 
     # --- the Engine interface ------------------------------------------------------------------
 
@@ -259,9 +288,15 @@ class OpenvinoModelEngine(Engine):
             return engine
 
     def _open(self, xml: Path) -> OpenvinoEngine:
+        """The engine of a cached IR; `checked_graph`: what its first open found, so later
+        opens import the compiled blob without reading the graph."""
         with compiled_cache(xml) as cache_dir:
-            return OpenvinoEngine(xml, precision=self.precision, streams=self.streams,
-                                  cache_dir=cache_dir)
+            checked = checked_graph(xml)
+            engine = OpenvinoEngine(xml, precision=self.precision, streams=self.streams,
+                                    cache_dir=cache_dir, checked=checked)
+            if checked is None and engine.checked is not None:
+                record_checked_graph(xml, engine.checked)
+            return engine
 
     def __call__(self, label: torch.Tensor, inst: torch.Tensor,
                  feat: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,6 +6,9 @@
     compiled/              OpenVINO's compiled-model cache (CACHE_DIR) for this IR: a second
                            run imports the compiled blob instead of compiling again
     compiled.json          the content hash of each blob OpenVINO wrote there
+    checked.json           what the first open of this IR found (its metadata and inputs), so
+                           a later open compiles the IR by its path and OpenVINO imports the blob
+                           without reading the graph and its weights
 
 key = hash over (the checkpoint file's bytes, frame size, precision, variant, OpenVINO version,
 CACHE_FORMAT): new weights, a new OpenVINO or a new layout never read an old entry. An entry is
@@ -225,3 +228,22 @@ def compiled_cache(xml: Path) -> Iterator[Path]:
                 kept[blob.name] = {"bytes": blob.stat().st_size, "xxh3": content_hash(blob)}
         if kept != records:
             write_atomic(entry / "compiled.json", json.dumps(kept, indent=1) + "\n")
+
+
+CHECKED = "checked.json"
+
+
+def checked_graph(xml: Path) -> dict | None:
+    """What the first open of the cached IR `xml` found (None: not recorded, or unreadable)."""
+    try:
+        record = json.loads((xml.parent / CHECKED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("metadata"), str) or \
+            not isinstance(record.get("inputs"), list):
+        return None
+    return record
+
+
+def record_checked_graph(xml: Path, record: dict) -> None:
+    write_atomic(xml.parent / CHECKED, json.dumps(record, indent=1) + "\n")
