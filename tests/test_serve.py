@@ -91,7 +91,11 @@ class Server:
 @contextmanager
 def serve(engine: Path, *args, log_dir: Path):
     log = log_dir / f"serve-{uuid.uuid4().hex[:8]}.log"
-    with cli_server(["serve", "--engine", engine, "--log-level", "warning", *args], log,
+    # --mode plain: PyTorch, as the `work` run and the reference are; the server's protocol,
+    # batching and queue are tested here, its engine choice in tests/test_engine_choice.py (and
+    # a server converting the model to OpenVINO at start-up costs seconds of CPU).
+    with cli_server(["serve", "--engine", engine, "--mode", "plain", "--log-level", "warning",
+                     *args], log,
                     timeout_s=START_TIMEOUT_S) as (proc, url):
         yield Server(proc, int(url.rsplit(":", 1)[1]), log)
 
@@ -145,10 +149,11 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(work):
-    """Per-request expected images from the same weights and engine (PyTorch) in this process:
-    on the CPU a frame never depends on its batch-mates. (`run` is given --mode plain for the
-    same reason: on a CPU its default may be another backend, which agrees to a level.)"""
-    p2p = Pix2PixHD(work / "m.pt", device="cpu")
+    """Per-request expected images from the same weights and engine (PyTorch plain) in this
+    process: on the CPU a frame never depends on its batch-mates. (`run` and the servers are given
+    --mode plain for the same reason: on a CPU the default may be another backend, which agrees
+    to a level.)"""
+    p2p = Pix2PixHD(work / "m.pt", device="cpu", mode="plain")
     return lambda label, inst: p2p(label, inst)
 
 
