@@ -171,6 +171,38 @@ def test_second_open_imports_the_blob_without_reading_the_graph(tmp_path, cache,
     assert torch.equal(third(x["label"], x["inst"]), out)
     assert openvino_cache.checked_graph(first.path) is not None
 
+def test_second_open_reads_no_weights_until_the_file_changes(tmp_path, cache, monkeypatch):
+    import p2phd_infer.checkpoint as checkpoint_module
+    from p2phd_infer.engines import open_engine
+    from p2phd_infer.errors import EngineError
+    path = tmp_path / "model.pt"
+    # The weights of the tests above (seeds 9 and 8): their entries exist, nothing converts.
+    old, new = checkpoint(seed=9), checkpoint(seed=8)
+    save_checkpoint(old, path)
+    x = inputs(old, 1, seed=23)
+    want = open_engine(path, "cpu")(x["label"], x["inst"])       # loads it, records it
+    assert float((want - reference(old, x)).abs().max()) <= TOL
+    real_load = checkpoint_module.load_checkpoint
+
+    def no_load(p):
+        raise AssertionError(f"{p} was loaded")
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", no_load)
+    engine = open_engine(path, "cpu")
+    assert engine.info.extra["chosen_because"] == "the CPU default"
+    assert engine.config == old.config and engine.encoder is None
+    assert torch.equal(engine(x["label"], x["inst"]), want)
+    # New weights at the same path (a new identity): the record no longer counts.
+    save_checkpoint(new, path)
+    with pytest.raises(AssertionError, match="was loaded"):
+        open_engine(path, "cpu")
+    with pytest.raises(EngineError, match="changed since this engine opened it"):
+        engine.checkpoint                            # the lazy load refuses the other file
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", real_load)
+    x = inputs(new, 1, seed=24)
+    out = open_engine(path, "cpu")(x["label"], x["inst"])
+    assert float((out - reference(new, x)).abs().max()) <= TOL
+
 def test_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_cache, "MAX_ENTRIES", 3)
     for i in range(5):

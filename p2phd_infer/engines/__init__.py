@@ -79,19 +79,32 @@ def open_engine(path: str | Path | None = None, device=None, *, precision: str =
 def _open_checkpoint(path: Path, device, precision, compile, mode, backend, log, calibration):
     from ..checkpoint import load_checkpoint
     from ..errors import OptionError
-    ckpt = load_checkpoint(path)
+    # A model.pt that OpenVINO has opened before: its recorded metadata, so that a run whose
+    # IR and blob are cached never reads the checkpoint's weights.
+    recorded = _recorded_checkpoint(path) if backend != "torch" else None
+    identity = None
+    if recorded is None:
+        if backend != "torch":
+            from .openvino_cache import _identity
+            identity = _identity(path.resolve())
+        ckpt = load_checkpoint(path)
+    else:
+        ckpt = None
+    label_nc = ckpt.config.label_nc if ckpt is not None else recorded.config.label_nc
     chosen, why = choose_backend(device, precision=precision, mode=mode, compile=compile,
-                                 backend=backend, label_nc=ckpt.config.label_nc)
+                                 backend=backend, label_nc=label_nc)
+    if chosen != "openvino" and ckpt is None:
+        ckpt = load_checkpoint(path)
     if chosen == "openvino":
         if mode == "fast" or compile:
             raise OptionError("--backend", "openvino takes neither --mode fast nor --compile "
                                            "(PyTorch engine options)")
-        if ckpt.config.label_nc == 0:
+        if label_nc == 0:
             raise OptionError("--backend", "openvino converts id-map models; a label_nc 0 "
                                            "(RGB input) model runs on torch")
         from .openvino import open_openvino
         engine = open_openvino(path, device, precision=precision, log=log, checkpoint=ckpt,
-                               calibration=calibration)
+                               calibration=calibration, identity=identity)
     else:
         if precision == "int8":
             raise OptionError("--precision", f"int8 runs on the OpenVINO CPU engine, and this "
@@ -100,6 +113,16 @@ def _open_checkpoint(path: Path, device, precision, compile, mode, backend, log,
         engine.path = path
     engine.info.extra["chosen_because"] = why
     return engine
+
+
+def _recorded_checkpoint(path: Path):
+    """The EngineInfo OpenVINO recorded of this file as it is now (None: none, or no OpenVINO)."""
+    try:
+        from .openvino import recorded_checkpoint
+    except ImportError:
+        return None
+    recorded, _ = recorded_checkpoint(path)
+    return None if recorded is None else recorded[0]
 
 
 def _open_file(path: Path, kind: str, device, precision: str, backend: str) -> Engine:

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from ..errors import EngineError, OptionError
-from .base import METADATA_KEY, Engine, EngineInfo, check_graph, info_from_json
-from .openvino_cache import cached_ir, checked_graph, compiled_cache, record_checked_graph
+from .base import METADATA_KEY, Engine, EngineInfo, check_graph, info_from_json, info_to_json
+from .openvino_cache import (_identity, cached_ir, checked_graph, checkpoint_record,
+                             compiled_cache, record_checked_graph, record_checkpoint)
 from .openvino_convert import INT_INPUTS, convert_checkpoint
 from .openvino_cpu import (OV_PRECISION, check_device, check_precision, core, cpu_cores,
                            import_openvino, openvino_version)
@@ -247,30 +248,58 @@ class OpenvinoModelEngine(Engine):
     that size (see the module doc).
 
     Carries what the runtime and the styles need from the checkpoint: config, features, label
-    names and the encoder (for `--style-image`, which runs it once in PyTorch)."""
+    names and the encoder (for `--style-image`, which runs it once in PyTorch). `recorded`:
+    (EngineInfo, has an encoder) from openvino_cache.checkpoint_record instead of the loaded
+    `checkpoint`; the checkpoint is then loaded only when something needs its weights (a
+    conversion, the encoder), and refused if the file changed since the record was checked."""
 
     def __init__(self, path: str | os.PathLike, build: Callable[[int, int], Path], device=None,
                  *, precision: str = "fp32", streams: int | None = None,
-                 checkpoint=None):
+                 checkpoint=None, recorded: tuple[EngineInfo, bool] | None = None,
+                 identity: list[int] | None = None):
         from ..checkpoint import load_checkpoint
         self.path = Path(path)
         self.device = check_device(device)
         import_openvino()
         check_precision(precision)
-        ckpt = checkpoint if checkpoint is not None else load_checkpoint(self.path)
-        self.checkpoint = ckpt
+        if checkpoint is None and recorded is None:
+            checkpoint = load_checkpoint(self.path)
+        self._checkpoint = checkpoint
+        self._identity = identity
         self.build = build
         self.precision = precision
         self.streams = streams
-        self.encoder = ckpt.build_encoder()
-        if self.encoder is not None:
-            self.encoder = self.encoder.eval()
-        self.info = EngineInfo(ckpt.config, ckpt.features, ckpt.label_names, precision=precision,
+        if checkpoint is not None:
+            meta = EngineInfo(checkpoint.config, checkpoint.features, checkpoint.label_names)
+            self._has_encoder = checkpoint.encoder is not None
+        else:
+            meta, self._has_encoder = recorded
+        self._encoder = None
+        self.info = EngineInfo(meta.config, meta.features, meta.label_names, precision=precision,
                                backend="openvino",
                                extra=dict(mode="openvino", openvino=openvino_version(),
                                           source="pt", sizes=[]))
         self._engines: dict[tuple[int, int], OpenvinoEngine] = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    @property
+    def checkpoint(self):
+        with self._load_lock:
+            if self._checkpoint is None:
+                from ..checkpoint import load_checkpoint
+                from .openvino_cache import _identity
+                if _identity(self.path.resolve()) != self._identity:
+                    raise EngineError(self.path, "the file changed since this engine opened it; "
+                                                 "open it again")
+                self._checkpoint = load_checkpoint(self.path)
+            return self._checkpoint
+
+    @property
+    def encoder(self):
+        if self._has_encoder and self._encoder is None:
+            self._encoder = self.checkpoint.build_encoder().eval()
+        return self._encoder
 
     def engine_for(self, height: int, width: int) -> OpenvinoEngine:
         with self._lock:
@@ -308,9 +337,12 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
                   streams: int | None = None, root: Path | None = None,
                   log: Callable[[str], None] | None = None,
                   checkpoint=None, calibration=None,
-                  lookup: bool = False) -> OpenvinoModelEngine:
+                  lookup: bool = False,
+                  identity: list[int] | None = None) -> OpenvinoModelEngine:
     """model.pt on OpenVINO's CPU plugin, converted per frame size on first use and cached.
-    `checkpoint`: the file already loaded (it is then not read again). precision int8:
+    `checkpoint`: the file already loaded (it is then not read again); `identity`: the file's
+    (openvino_cache._identity) from before it was loaded, so that later opens use a record of
+    it instead (recorded_checkpoint: the weights are loaded only to convert). precision int8:
     quantized by NNCF on `calibration` (a folder of label maps; None: the bundled samples),
     cached per weights, size and calibration set (openvino_int8.py). lookup: the
     full-resolution first layer as a table lookup (openvino_convert.LookupFirstLayer; fp32)."""
@@ -320,8 +352,21 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
                           else "not a file")
     import_openvino()
     check_precision(precision)
-    from ..checkpoint import load_checkpoint
-    ckpt = checkpoint if checkpoint is not None else load_checkpoint(ckpt_path)
+    recorded = None
+    if checkpoint is None:
+        recorded, identity = recorded_checkpoint(ckpt_path, root)
+    if checkpoint is None and recorded is None:
+        from ..checkpoint import load_checkpoint
+        identity = _identity(ckpt_path.resolve())
+        checkpoint = load_checkpoint(ckpt_path)
+    if recorded is None and identity is not None:
+        record_checkpoint(ckpt_path, identity, info_to_json(EngineInfo(
+            checkpoint.config, checkpoint.features, checkpoint.label_names)),
+            checkpoint.encoder is not None, root)
+    engine: OpenvinoModelEngine
+
+    def ckpt():
+        return engine.checkpoint
 
     if precision == "int8":
         from .openvino_int8 import calibration_digest, calibration_files, import_nncf
@@ -336,18 +381,32 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
 
     def make(height: int, width: int):
         if precision != "int8":
-            return convert_checkpoint(ckpt, height, width, lookup=lookup)
+            return convert_checkpoint(ckpt(), height, width, lookup=lookup)
         # Quantized from the fp32 entry (converted now if absent): one conversion serves both.
         from .openvino_int8 import calibration_frames, quantize
         f32 = cached_ir(ckpt_path, height, width, "fp32", root=root, log=log,
-                        make=lambda: convert_checkpoint(ckpt, height, width))
-        return quantize(core().read_model(str(f32)), calibration_frames(files, ckpt, height,
-                                                                       width), ckpt.config)
+                        make=lambda: convert_checkpoint(ckpt(), height, width))
+        return quantize(core().read_model(str(f32)), calibration_frames(files, ckpt(), height,
+                                                                       width), engine.config)
 
     def build(height: int, width: int, rebuild: bool = False) -> Path:
         return cached_ir(ckpt_path, height, width, precision, rebuild=rebuild, root=root,
                          log=log, variant=variant, make=lambda: make(height, width),
                          what=" int8 (NNCF calibration)" if precision == "int8" else "")
 
-    return OpenvinoModelEngine(ckpt_path, build, device, precision=precision, streams=streams,
-                               checkpoint=ckpt)
+    engine = OpenvinoModelEngine(ckpt_path, build, device, precision=precision, streams=streams,
+                                 checkpoint=checkpoint, recorded=recorded, identity=identity)
+    return engine
+
+
+def recorded_checkpoint(ckpt_path: Path, root: Path | None = None):
+    """((EngineInfo, has an encoder), identity) from openvino_cache.checkpoint_record, or
+    (None, None) when there is no valid record of this file as it is now."""
+    record = checkpoint_record(ckpt_path, root)
+    if record is None:
+        return None, None
+    try:
+        meta = info_from_json(record["info"], ckpt_path)
+    except EngineError:
+        return None, None
+    return (meta, record["encoder"]), record["identity"]

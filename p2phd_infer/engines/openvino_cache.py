@@ -78,6 +78,51 @@ def file_digest(path: str | os.PathLike) -> str:
     return _digests[memo]
 
 
+def _identity(path: Path) -> list[int]:
+    """A file's identity without reading it: any write to it, a rename onto it or a touch
+    changes its inode, size, mtime or ctime (ctime cannot be set back by a user)."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _record_path(path: Path, root: Path) -> Path:
+    h = _hasher()
+    h.update(str(path).encode())
+    return root / f"{h.hexdigest()[:32]}.checkpoint.json"
+
+
+def checkpoint_record(ckpt_path: str | os.PathLike, root: Path | None = None) -> dict | None:
+    """What an earlier open recorded of this model.pt: its content hash ("xxh3", the cache
+    key's), its engine metadata ("info": config, features, label names) and whether it has an
+    encoder, while the file's identity is the one it was recorded with; None otherwise. So a
+    later open neither reads nor hashes the checkpoint until it converts."""
+    try:
+        path = Path(ckpt_path).resolve()
+        record = json.loads(_record_path(path, root or cache_root()).read_text())
+        ok = isinstance(record, dict) and record.get("identity") == _identity(path) and \
+            isinstance(record.get("xxh3"), str) and isinstance(record.get("info"), str) and \
+            isinstance(record.get("encoder"), bool)
+    except (OSError, ValueError, ImportError):
+        return None
+    return record if ok else None
+
+
+def record_checkpoint(ckpt_path: str | os.PathLike, identity: list[int], info_json: str,
+                      encoder: bool, root: Path | None = None) -> None:
+    """Record, for checkpoint_record, a model.pt loaded while it had `identity`: hashed now,
+    unless the file changed meanwhile (then nothing is recorded)."""
+    path = Path(ckpt_path).resolve()
+    root = root or cache_root()
+    digest = file_digest(path)
+    if _identity(path) != identity:
+        return
+    with contextlib.suppress(OutputError, OSError):   # read-only cache: later opens load it
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(_record_path(path, root),
+                     json.dumps(dict(checkpoint=str(path), identity=identity, xxh3=digest,
+                                     encoder=encoder, info=info_json), indent=1) + "\n")
+
+
 def cache_key(digest: str, height: int, width: int, precision: str, variant: str = "") -> str:
     """variant: what else the IR depends on (int8: the calibration set; the lookup first
     layers), "" for the plain graph."""
@@ -154,7 +199,8 @@ def cached_ir(ckpt_path: str | os.PathLike, height: int, width: int, precision: 
     absent, corrupted or `rebuild`; `log(message)` is told before it is made."""
     from .openvino_convert import save_ir
     root = root or cache_root()
-    digest = file_digest(ckpt_path)
+    recorded = checkpoint_record(ckpt_path, root)
+    digest = recorded["xxh3"] if recorded is not None else file_digest(ckpt_path)
     key = cache_key(digest, height, width, precision, variant)
     entry = root / key
     try:
