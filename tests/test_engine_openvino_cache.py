@@ -203,6 +203,31 @@ def test_second_open_reads_no_weights_until_the_file_changes(tmp_path, cache, mo
     out = open_engine(path, "cpu")(x["label"], x["inst"])
     assert float((out - reference(new, x)).abs().max()) <= TOL
 
+def test_an_imported_blob_leaves_the_ir_unread_and_a_compile_checks_it(tmp_path, cache):
+    path = tmp_path / "model.pt"
+    ckpt = checkpoint(seed=9)                    # the blob test's weights: its entry and blob
+    save_checkpoint(ckpt, path)
+    x = inputs(ckpt, 1, seed=25)
+    want = reference(ckpt, x)
+    first = ovengine.open_openvino(path).engine_for(H, W)
+    out = first(x["label"], x["inst"])
+    before = openvino_convert.conversions
+    # NaN weights in the IR while its checked blob is intact: the blob is imported, the IR not
+    # read, the image right, nothing converted.
+    nan_weights(first.path)
+    second = ovengine.open_openvino(path).engine_for(H, W)
+    assert second.info.extra["loaded_from_cache"] and torch.equal(second(x["label"],
+                                                                         x["inst"]), out)
+    assert openvino_convert.conversions == before
+    # With the blob gone too, OpenVINO would compile the IR: its hash fails first, the entry
+    # is converted again and the image is right.
+    for blob in (first.path.parent / openvino_cache.COMPILED).iterdir():
+        blob.unlink()
+    third = ovengine.open_openvino(path).engine_for(H, W)
+    assert openvino_convert.conversions == before + 1
+    assert float((third(x["label"], x["inst"]) - want).abs().max()) <= TOL
+    assert openvino_cache.ir_intact(third.path)
+
 def test_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_cache, "MAX_ENTRIES", 3)
     for i in range(5):

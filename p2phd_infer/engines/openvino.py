@@ -32,7 +32,8 @@ import torch
 from ..errors import EngineError, OptionError
 from .base import METADATA_KEY, Engine, EngineInfo, check_graph, info_from_json, info_to_json
 from .openvino_cache import (_identity, cached_ir, checked_graph, checkpoint_record,
-                             compiled_cache, record_checked_graph, record_checkpoint)
+                             compiled_cache, ir_intact, record_checked_graph,
+                             record_checkpoint)
 from .openvino_convert import INT_INPUTS, convert_checkpoint
 from .openvino_cpu import (OV_PRECISION, check_device, check_precision, core, cpu_cores,
                            import_openvino, openvino_version)
@@ -320,9 +321,17 @@ class OpenvinoModelEngine(Engine):
         """The engine of a cached IR; `checked_graph`: what its first open found, so later
         opens import the compiled blob without reading the graph."""
         with compiled_cache(xml) as cache_dir:
+            # The IR is hashed only where OpenVINO reads it: no checked blob to import, or one
+            # that was not imported (made with other settings).
+            verified = not any(cache_dir.iterdir())
+            if verified and not ir_intact(xml):
+                raise EngineError(xml, "the cached IR fails its content hash")
             checked = checked_graph(xml)
             engine = OpenvinoEngine(xml, precision=self.precision, streams=self.streams,
                                     cache_dir=cache_dir, checked=checked)
+            if not verified and not engine.info.extra["loaded_from_cache"] and \
+                    not ir_intact(xml):
+                raise EngineError(xml, "the cached IR fails its content hash")
             if checked is None and engine.checked is not None:
                 record_checked_graph(xml, engine.checked)
             return engine
@@ -391,6 +400,7 @@ def open_openvino(ckpt_path: str | os.PathLike, device=None, *, precision: str =
 
     def build(height: int, width: int, rebuild: bool = False) -> Path:
         return cached_ir(ckpt_path, height, width, precision, rebuild=rebuild, root=root,
+                         verify=False,
                          log=log, variant=variant, make=lambda: make(height, width),
                          what=" int8 (NNCF calibration)" if precision == "int8" else "")
 

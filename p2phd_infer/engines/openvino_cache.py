@@ -161,20 +161,27 @@ def _remove_dead_staging(root: Path) -> None:
                 pass
 
 
-def _entry_ok(entry: Path, key: str) -> bool:
-    """The entry is the one for `key` and its IR files hold the bytes it was written with."""
+def _entry_ok(entry: Path, key: str | None, hashes: bool = True) -> bool:
+    """The entry is the one for `key` (None: any) and its IR files hold the bytes it was
+    written with (without `hashes`: their sizes only)."""
     try:
         meta = json.loads((entry / "entry.json").read_text())
-        if meta.get("key") != key:
+        if key is not None and meta.get("key") != key:
             return False
         for name in ("model.xml", "model.bin"):
             f = entry / name
             if f.stat().st_size != meta["files"][name]["bytes"] or \
-                    content_hash(f) != meta["files"][name]["xxh3"]:
+                    hashes and content_hash(f) != meta["files"][name]["xxh3"]:
                 return False
         return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def ir_intact(xml: Path) -> bool:
+    """The cached IR `xml` holds the bytes its entry was written with (for cached_ir(...,
+    verify=False), whose caller checks this before anything reads the IR)."""
+    return _entry_ok(xml.parent, None)
 
 
 def _evict(root: Path, keep: Path) -> None:
@@ -194,9 +201,11 @@ def _evict(root: Path, keep: Path) -> None:
 def cached_ir(ckpt_path: str | os.PathLike, height: int, width: int, precision: str = "fp32",
               *, make: Callable[[], object], variant: str = "", rebuild: bool = False,
               root: Path | None = None, log: Callable[[str], None] | None = None,
-              what: str = "") -> Path:
+              what: str = "", verify: bool = True) -> Path:
     """The cached IR (.xml) of model.pt at one frame size, made now by `make()` (-> ov.Model) if
-    absent, corrupted or `rebuild`; `log(message)` is told before it is made."""
+    absent, corrupted or `rebuild`; `log(message)` is told before it is made. verify=False:
+    an existing entry's IR is checked by size only, and the caller checks its content with
+    ir_intact before it reads the IR (an import of its checked blob does not read it)."""
     from .openvino_convert import save_ir
     root = root or cache_root()
     recorded = checkpoint_record(ckpt_path, root)
@@ -208,7 +217,7 @@ def cached_ir(ckpt_path: str | os.PathLike, height: int, width: int, precision: 
     except OSError as e:
         raise OutputError(root, f"cannot create the OpenVINO cache ({e.strerror or e})") from None
     with _locked(root / f".{key}.lock"):
-        if not rebuild and _entry_ok(entry, key):
+        if not rebuild and _entry_ok(entry, key, hashes=verify):
             os.utime(entry / "entry.json")          # last use, for _evict
             return entry / "model.xml"
         _remove_dead_staging(root)
