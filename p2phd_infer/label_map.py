@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .locations import check_regular, read_bytes
 
 MAX_ENTRIES = 1 << 16
 _HEX = re.compile(r"#?([0-9a-fA-F]{6})$")
@@ -134,16 +135,12 @@ def _show(src) -> str:
 def read_label_map(path: str | os.PathLike) -> LabelMap:
     """FILE -> LabelMap; InputError naming the file (and line or entry) for any fault."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such label map file" if not path.exists()
-                         else "not a regular file (a label map is JSON or `SOURCE ID` lines)")
+    check_regular(path, "label map file")       # a folder, /dev/null, a FIFO: said so, never read
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(path, "not a UTF-8 text file (expected JSON or `SOURCE ID` "
                                "lines)") from None
-    except OSError as e:
-        raise InputError(path, f"cannot be read ({e.strerror or e})") from None
     pairs = []
     if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("{", "["):
         try:

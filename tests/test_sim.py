@@ -219,3 +219,15 @@ def test_sim_loop_runs_in_quick_form(tmp_path, one_thread):
     assert [r["batch"] for r in doc["rows"]] == [1, 1, 2]
     assert all(r["frames_per_s"] > 0 for r in doc["rows"])
     assert (tmp_path / "sim_loop.mp4").stat().st_size > 0
+
+
+def test_label_map_that_is_not_a_regular_file_is_named_and_never_opened(tmp_path):
+    import os
+    fifo = tmp_path / "map.fifo"
+    os.mkfifo(fifo)                       # opening it would block: it must be refused first
+    with pytest.raises(InputError, match="map.fifo: is a FIFO"):
+        read_label_map(fifo)
+    with pytest.raises(InputError, match="is a folder, not a label map file"):
+        read_label_map(tmp_path)
+    with pytest.raises(InputError, match="no such label map file"):
+        read_label_map(tmp_path / "missing.json")
