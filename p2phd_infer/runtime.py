@@ -45,6 +45,7 @@ from .limits import (DEFAULT_MAX_PIXELS, JPEG_QUALITY, MAX_BATCH, MAX_DELAY_US,
                      MAX_PIXELS_LIMIT, MAX_QUEUE, MAX_THREADS)
 from .locations import is_uri
 from .plan import Job
+from .engines.base import finite_frames
 from .step import SynthesisStep
 from .synthesizer import to_uint8
 
@@ -548,7 +549,8 @@ class Runtime:
 
     def _run_cuda(self, reqs: list[_Request]):
         """Queue upload, compute and download of one batch on their streams; nothing waits here.
-        Returns the pinned host result and the event that marks it complete."""
+        Returns the pinned host result and the events that mark its stages, with the per-frame
+        finite flags (read by the completer once the download is done)."""
         h2d, compute, d2h = self._h2d, self._compute, self._d2h
         for j in reqs:
             if j.caller_event is not None:
@@ -566,17 +568,22 @@ class Runtime:
             for t in labels + (insts or []):
                 t.record_stream(compute)   # allocated on h2d (or by the caller), read here
             label, inst = self.step.stack(labels, insts)
-            image = to_uint8(self.step(label, inst))
+            out = self.step(label, inst, check=False)      # checked below, with the download
+            finite = finite_frames(out)
+            image = to_uint8(out)
             computed = torch.cuda.Event(enable_timing=True)
             computed.record(compute)
         with torch.cuda.stream(d2h):
             d2h.wait_event(computed)
             image.record_stream(d2h)
+            finite.record_stream(d2h)
             host = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(image, non_blocking=True)
+            host_finite = torch.empty(finite.shape, dtype=torch.bool, pin_memory=True)
+            host_finite.copy_(finite, non_blocking=True)
             downloaded = torch.cuda.Event(enable_timing=True)
             downloaded.record(d2h)
-        return host, (began, uploaded, computed, downloaded)
+        return host, (began, uploaded, computed, downloaded, host_finite)
 
     # ------------------------------------------------------------------ completion and encode
 
@@ -588,8 +595,11 @@ class Runtime:
             reqs, host, event, (batch, t_start, phases) = item
             try:
                 if event is not None:
-                    began, uploaded, computed, downloaded = event
+                    began, uploaded, computed, downloaded, finite = event
                     downloaded.synchronize()
+                    fault = self.engine.finite_fault(finite)
+                    if fault is not None:
+                        raise fault
                     host = host.numpy()
                     # Device time between the events (a stream still busy with the batch before
                     # counts towards this one's phase).

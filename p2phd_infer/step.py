@@ -130,10 +130,11 @@ class SynthesisStep:
     # ------------------------------------------------------------------ the step
 
     def __call__(self, label: torch.Tensor, inst: torch.Tensor | None,
-                 feat: torch.Tensor | None = None) -> torch.Tensor:
+                 feat: torch.Tensor | None = None, *, check: bool = True) -> torch.Tensor:
         """One batch -> float [B,3,H,W] in [-1,1] on the engine's device. label: [B,1,H,W]
         integer ids or uint8 [B,3,H,W] (the input kind); inst: [B,1,H,W] or None; feat: the
-        batch's feature map, or None to take it from the style."""
+        batch's feature map, or None to take it from the style. check: Engine.synthesize's
+        finite-output check (False: the caller reads finite_frames itself)."""
         dev = self.device
         B, _, H, W = label.shape
         if self.kind == RGB:
@@ -147,7 +148,7 @@ class SynthesisStep:
             classes = x
         if feat is None and self.style is not None:
             feat = self.style.feature_map(classes, inst)
-        image = self.engine.synthesize(x, inst, feat)
+        image = self.engine.synthesize(x, inst, feat, check=check)
         if tuple(image.shape) != (B, 3, H, W):
             raise RuntimeError(f"the engine returned shape {tuple(image.shape)}, expected "
                                f"{(B, 3, H, W)}")

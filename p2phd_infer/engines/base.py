@@ -216,6 +216,12 @@ def reflect_pad(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 # --- the interface --------------------------------------------------------------------------
 
 
+def finite_frames(image: torch.Tensor) -> torch.Tensor:
+    """bool [B]: which frames of a float [B,...] batch hold only finite values (on the batch's
+    device; nothing waits for it)."""
+    return torch.isfinite(image).flatten(1).all(1)
+
+
 class Engine:
     info: EngineInfo
     device: torch.device
@@ -234,17 +240,22 @@ class Engine:
         raise NotImplementedError
 
     def synthesize(self, label: torch.Tensor, inst: torch.Tensor,
-                   feat: torch.Tensor | None = None) -> torch.Tensor:
+                   feat: torch.Tensor | None = None, *, check: bool = True) -> torch.Tensor:
         """The network on a frame of any size at or above its minimum: label, inst (and feat)
         are reflect-padded on the right and bottom to a multiple of the stride, synthesized,
         and the image cropped back, so it stays pixel-aligned with the input. A frame already
-        at a multiple goes through unchanged."""
+        at a multiple goes through unchanged. check=False leaves the finite-output check to the
+        caller (the Runtime's CUDA path reads finite_frames with its download instead of
+        waiting for the device here)."""
         H, W = label.shape[-2:]
         Hp, Wp = self.config.padded_size(H, W)
         if (Hp, Wp) == (H, W):
-            return self.check_finite(self(label, inst, feat))
-        pad = [reflect_pad(t, Hp, Wp) if t is not None else None for t in (label, inst, feat)]
-        return self.check_finite(self(*pad)[..., :H, :W])
+            image = self(label, inst, feat)
+        else:
+            pad = [reflect_pad(t, Hp, Wp) if t is not None else None
+                   for t in (label, inst, feat)]
+            image = self(*pad)[..., :H, :W]
+        return self.check_finite(image) if check else image
 
     def check_finite(self, image: torch.Tensor) -> torch.Tensor:
         """`image`, or EngineError naming this engine if it holds NaN or infinite values: they
@@ -252,15 +263,23 @@ class Engine:
         per batch; the frames at fault are named by their place in the batch."""
         if not image.is_floating_point():
             return image
-        finite = torch.isfinite(image).flatten(1).all(1)
+        fault = self.finite_fault(finite_frames(image))
+        if fault is not None:
+            raise fault
+        return image
+
+    def finite_fault(self, finite: torch.Tensor) -> EngineError | None:
+        """The EngineError for a batch whose per-frame flags (finite_frames) are not all true,
+        else None. Reading the flags waits for them: on a CUDA device, call it where the
+        batch's results are read anyway."""
         if bool(finite.all()):
-            return image
+            return None
         bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
-        which = "its frame" if image.shape[0] == 1 else \
+        which = "its frame" if finite.shape[0] == 1 else \
             f"frame{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:8]))} of the batch"
-        raise EngineError(self.name, f"the network's output holds NaN or infinite values "
-                                     f"({which}): damaged weights, or an overflow at precision "
-                                     f"{self.info.precision}")
+        return EngineError(self.name, f"the network's output holds NaN or infinite values "
+                                      f"({which}): damaged weights, or an overflow at precision "
+                                      f"{self.info.precision}")
 
     def style(self, label: torch.Tensor, inst: torch.Tensor, style_image: torch.Tensor,
               style_inst: torch.Tensor) -> torch.Tensor:
