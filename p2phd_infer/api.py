@@ -25,7 +25,7 @@ import torch
 
 from .engines import Engine, open_engine
 from .errors import OptionError
-from .ids import remap_arrays
+from .ids import remap_batch
 from .runtime import Runtime
 from .step import SynthesisStep
 from .synthesizer import to_uint8
@@ -118,7 +118,9 @@ class Pix2PixHD:
         if output not in ("numpy", "torch", "float"):
             raise OptionError("output", f"must be 'numpy', 'torch' or 'float', not {output!r}")
         if self.label_map is not None or (self.derive_instances and inst is None):
-            label, inst = self._remap(label, inst)
+            label, inst = remap_batch(label, inst, self.config, "label map",
+                                      label_map=self.label_map,
+                                      derive_instances=self.derive_instances)
         step = self._step_for(instance_styles, copy_styles)
         label_t, inst_t, single = step.batch_inputs(label, inst, name="label map",
                                                     inst_name="instance map")
@@ -151,22 +153,3 @@ class Pix2PixHD:
         options.setdefault("label_map", self.label_map)
         options.setdefault("derive_instances", self.derive_instances)
         return Runtime(self.engine, style=self.style, **options)
-
-    def _remap(self, label, inst):
-        """Label maps in the label map's source ids -> the model's; instance maps derived where
-        none is given (instances="auto"). [H,W] or [B,H,W] (or [B,1,H,W]) -> host numpy."""
-        arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else \
-            np.asarray(label)
-        colours = self.label_map is not None and self.label_map.colors
-        batched = arr.ndim == 4 or (arr.ndim == 3 and not colours)
-        frames = [f.reshape(f.shape[-2:]) if not colours else f for f in arr] if batched \
-            else [arr]
-        insts = [None] * len(frames) if inst is None else None
-        out = [remap_arrays(f, None if insts is None else insts[i], self.config, "label map",
-                            label_map=self.label_map,
-                            derive_instances=self.derive_instances and inst is None)
-               for i, f in enumerate(frames)]
-        labels = np.stack([o[0] for o in out]) if batched else out[0][0]
-        if inst is None and self.derive_instances and self.config.needs_instance_map:
-            inst = np.stack([o[1] for o in out]) if batched else out[0][1]
-        return labels, inst

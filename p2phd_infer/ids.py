@@ -190,6 +190,23 @@ def remap_arrays(label, inst, cfg: ModelConfig, name: str, *, label_map=None,
     return arr, inst
 
 
+def remap_batch(label, inst, cfg: ModelConfig, name: str, *, label_map=None,
+                derive_instances: bool = False):
+    """remap_arrays over a batch: label [H,W], [B,H,W] or [B,1,H,W] (colours [H,W,3] or
+    [B,H,W,3] when `label_map` maps colours) -> (label ids [H,W] or [B,H,W], inst) as host
+    numpy; inst is as given, or derived frame by frame when none is given."""
+    arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    colours = label_map is not None and label_map.colors
+    batched = arr.ndim >= 4 or (arr.ndim == 3 and not colours)
+    out = [remap_arrays(f, None, cfg, name, label_map=label_map,
+                        derive_instances=derive_instances and inst is None)
+           for f in (arr if batched else [arr])]
+    labels = np.stack([o[0] for o in out]) if batched else out[0][0]
+    if inst is None and out[0][1] is not None:
+        inst = np.stack([o[1] for o in out]) if batched else out[0][1]
+    return labels, inst
+
+
 def decode_maps(label: str, inst: str | None, cfg: ModelConfig, *, size=None,
                 max_pixels: int | None = None, label_format: str = "ids",
                 palette=None, label_map=None,

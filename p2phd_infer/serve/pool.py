@@ -26,7 +26,7 @@ from ..api import make_style
 from ..engines import Engine
 from ..engines.base import resolve_device
 from ..errors import EngineFault, InputError, OptionError, QueueFull, RuntimeClosed
-from ..ids import remap_arrays
+from ..ids import remap_batch
 from ..runtime import FrameTiming, Runtime
 from ..styles import as_integer
 from ..step import SynthesisStep
@@ -231,14 +231,8 @@ class RuntimePool:
     def _run_with_features(self, label, inst, feat, name, t_submit: int):
         cfg = self.cfg
         if self.label_map is not None or (self.derive_instances and inst is None):
-            pairs = [remap_arrays(label[b], None if inst is None else inst[b], cfg, "label",
-                                  label_map=self.label_map,
-                                  derive_instances=self.derive_instances)
-                     for b in range(label.shape[0])]
-            label = np.stack([np.asarray(p[0]).reshape(p[0].shape[-2:]) for p in pairs])[:, None]
-            if pairs[0][1] is not None:
-                inst = np.stack([np.asarray(p[1]).reshape(p[1].shape[-2:])
-                                 for p in pairs])[:, None]
+            label, inst = remap_batch(label, inst, cfg, "label", label_map=self.label_map,
+                                      derive_instances=self.derive_instances)
         label_t, inst_t, _ = self.step.batch_inputs(label, inst, name="label", inst_name="inst",
                                                     max_pixels=self.max_pixels)
         B, _, H, W = label_t.shape
