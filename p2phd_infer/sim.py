@@ -116,9 +116,10 @@ def carla_labels(tags: np.ndarray, *, name: str = "CARLA image",
     bad = ~known[tags]
     if bad.any():
         y, x = (int(v) for v in np.argwhere(bad)[0])
+        last = len(CARLA_TO_CITYSCAPES) - 1
         raise InputError(name, f"pixel ({x}, {y}) has CARLA tag {int(tags[y, x])}, which is not "
-                               f"in the CARLA {CARLA_VERSION} table (0..{len(CARLA_TO_CITYSCAPES) - 1}); "
-                               f"a --label-map gives ids for other tags")
+                               f"in the CARLA {CARLA_VERSION} table (0..{last}); a --label-map "
+                               f"gives ids for other tags")
     return lut[tags]
 
 
